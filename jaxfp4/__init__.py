@@ -1,0 +1,36 @@
+"""jaxfp4: bitsandbytes-compatible 4-bit (NF4/FP4) and OCP/NVIDIA FP4 quantization for JAX.
+
+Please use the names re-exported here; ``jaxfp4._src`` is not public API.
+"""
+
+from jaxfp4 import analysis as analysis
+from jaxfp4._src.formats import QUANT_TYPES as QUANT_TYPES
+from jaxfp4._src.packing import pack_nibbles as pack_nibbles
+from jaxfp4._src.packing import unpack_nibbles as unpack_nibbles
+from jaxfp4._src.quantize import block_scales as block_scales
+from jaxfp4._src.quantize import dequantize_4bit as dequantize_4bit
+from jaxfp4._src.quantize import dequantize_fp4 as dequantize_fp4
+from jaxfp4._src.quantize import dequantize_nf4 as dequantize_nf4
+from jaxfp4._src.quantize import quantize_4bit as quantize_4bit
+from jaxfp4._src.quantize import quantize_fp4 as quantize_fp4
+from jaxfp4._src.quantize import quantize_nf4 as quantize_nf4
+from jaxfp4._src.state import NestedState as NestedState
+from jaxfp4._src.state import QuantState as QuantState
+from jaxfp4._src.version import __version__ as __version__
+
+__all__ = (
+    "QUANT_TYPES",
+    "NestedState",
+    "QuantState",
+    "__version__",
+    "analysis",
+    "block_scales",
+    "dequantize_4bit",
+    "dequantize_fp4",
+    "dequantize_nf4",
+    "pack_nibbles",
+    "quantize_4bit",
+    "quantize_fp4",
+    "quantize_nf4",
+    "unpack_nibbles",
+)

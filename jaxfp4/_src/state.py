@@ -1,0 +1,190 @@
+"""``QuantState``: the frozen pytree that describes a packed 4-bit tensor.
+
+Array leaves: ``absmax`` (float32 per block; uint8 codes when nested; E8M0 or
+E4M3 bytes for mxfp4/nvfp4), ``offset`` and ``state2`` (double quantization),
+``global_scale`` (nvfp4). Static metadata: ``shape``, ``dtype``, ``blocksize``,
+``quant_type``, ``code``. ``as_dict``/``from_dict`` read and write the key names
+and JSON blob of bitsandbytes ``QuantState.as_dict(packed=True)``
+(bnb_format.md §5), so a Hugging Face bnb-4bit tensor group round-trips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxfp4._src import formats
+
+_BNB_PREFIX = "bitsandbytes__"
+_OWN_PREFIX = "jaxfp4__"  # formats bitsandbytes cannot read get their own tag
+
+
+def _static(**kw):
+  return dataclasses.field(metadata=dict(static=True), **kw)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class NestedState:
+  """8-bit quantization state of a double-quantized absmax.
+
+  Attributes:
+    absmax: float32 ``[ceil(num_blocks / blocksize)]``.
+    code: the sorted 256-entry map (bitsandbytes' dynamic map).
+    blocksize: absmax entries per nested block (256).
+  """
+
+  absmax: jax.Array
+  code: tuple[float, ...] = _static(default=tuple(float(v) for v in formats.DYNAMIC_MAP_8BIT))
+  blocksize: int = _static(default=formats.NESTED_BLOCKSIZE)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QuantState:
+  """Everything needed to decode a packed 4-bit tensor.
+
+  Attributes:
+    absmax: per-block scale. float32 max |x| for nf4/fp4/e2m1 (uint8 codes
+      if nested), E8M0 bytes for mxfp4, E4M3 bytes for nvfp4.
+    shape: shape of the original tensor.
+    dtype: dtype of the original tensor (and of the dequantized output).
+    blocksize: elements per block of the row-major flattened tensor.
+    quant_type: ``"nf4"``, ``"fp4"``, ``"e2m1"``, ``"mxfp4"`` or ``"nvfp4"``.
+    code: the 16-entry table (bitsandbytes' ``quant_map``).
+    offset: float32 scalar mean of the absmax when nested, else None.
+    state2: :class:`NestedState` when nested, else None.
+    global_scale: float32 per-tensor decode scale (nvfp4), else None.
+  """
+
+  absmax: jax.Array
+  shape: tuple[int, ...] = _static()
+  dtype: np.dtype = _static()
+  blocksize: int = _static()
+  quant_type: str = _static()
+  code: tuple[float, ...] = _static()
+  offset: jax.Array | None = None
+  state2: NestedState | None = None
+  global_scale: jax.Array | None = None
+
+  @property
+  def nested(self) -> bool:
+    return self.state2 is not None
+
+  @property
+  def numel(self) -> int:
+    return math.prod(self.shape)
+
+  @property
+  def num_blocks(self) -> int:
+    return -(-self.numel // self.blocksize)
+
+  @property
+  def format(self) -> formats.QuantFormat:
+    return formats.get_format(self.quant_type)
+
+  def nbytes(self) -> int:
+    """Bytes of the state's arrays (excluding the packed weight)."""
+    leaves = jax.tree_util.tree_leaves(self)
+    return int(sum(np.dtype(l.dtype).itemsize * math.prod(l.shape) for l in leaves))
+
+  def validate(self) -> None:
+    """Checks that leaves agree with the metadata; raises ValueError if not."""
+    fmt = formats.get_format(self.quant_type)
+    formats.resolve_blocksize(fmt, self.blocksize)
+    if jnp.dtype(self.dtype).name not in formats.INPUT_DTYPES:
+      raise ValueError(f"QuantState `dtype` must be one of {formats.INPUT_DTYPES}, got {self.dtype}.")
+    nb = self.num_blocks
+    if tuple(self.absmax.shape) != (nb,):
+      raise ValueError(
+          f"QuantState `absmax` must have shape ({nb},) for shape={self.shape} and "
+          f"blocksize={self.blocksize}, got {tuple(self.absmax.shape)}.")
+    want = _absmax_dtype(fmt, self.nested)
+    if jnp.dtype(self.absmax.dtype) != want:
+      raise ValueError(f"QuantState `absmax` must be {want.name} for quant_type="
+                       f"{self.quant_type!r} (nested={self.nested}), got {self.absmax.dtype}.")
+    if len(self.code) != 16:
+      raise ValueError(f"QuantState `code` must have 16 entries, got {len(self.code)}.")
+    if self.nested:
+      if self.offset is None or tuple(jnp.shape(self.offset)) != ():
+        raise ValueError("A nested QuantState needs a scalar float32 `offset`.")
+      nb2 = -(-nb // self.state2.blocksize)
+      if tuple(self.state2.absmax.shape) != (nb2,):
+        raise ValueError(f"QuantState `state2.absmax` must have shape ({nb2},), "
+                         f"got {tuple(self.state2.absmax.shape)}.")
+      if len(self.state2.code) != 256:
+        raise ValueError(f"`state2.code` must have 256 entries, got {len(self.state2.code)}.")
+    if (fmt.scale_kind == "e4m3") != (self.global_scale is not None):
+      raise ValueError("`global_scale` is required for nvfp4 and only for nvfp4.")
+
+  # --- bitsandbytes serialization ---------------------------------------------------
+
+  def as_dict(self, packed: bool = False) -> dict[str, Any]:
+    """The state as bitsandbytes ``QuantState.as_dict`` writes it.
+
+    Args:
+      packed: if True, the non-array fields go into one uint8 JSON tensor under
+        ``"quant_state.bitsandbytes__<quant_type>"`` (the safetensors form).
+
+    Returns:
+      A dict of NumPy arrays (and, when ``packed=False``, Python values).
+    """
+    fmt = self.format
+    d: dict[str, Any] = {
+        "quant_type": self.quant_type,
+        "absmax": _host(self.absmax, self.absmax.dtype),
+        "blocksize": self.blocksize,
+        "quant_map": np.asarray(self.code, np.float32),
+        "dtype": jnp.dtype(self.dtype).name,
+        "shape": tuple(int(s) for s in self.shape),
+    }
+    if fmt.scale_kind != "absmax":
+      d["absmax"] = d["absmax"].view(np.uint8)
+      d["scale_dtype"] = "float8_e8m0fnu" if fmt.scale_kind == "e8m0" else "float8_e4m3fn"
+    if self.global_scale is not None:
+      d["global_scale"] = _host(self.global_scale, np.float32).reshape(1)
+    if self.nested:
+      d.update({
+          "nested_absmax": _host(self.state2.absmax, np.float32),
+          "nested_blocksize": self.state2.blocksize,
+          "nested_quant_map": np.asarray(self.state2.code, np.float32),
+          "nested_dtype": "float32",
+          "nested_offset": float(np.float32(self.offset)),
+      })
+    if not packed:
+      return d
+    tensors = {k: v for k, v in d.items() if isinstance(v, np.ndarray)}
+    meta = {k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in d.items() if not isinstance(v, np.ndarray)}
+    tag = (_BNB_PREFIX if fmt.bitsandbytes else _OWN_PREFIX) + self.quant_type
+    blob = json.dumps(meta).encode("utf-8")
+    tensors["quant_state." + tag] = np.frombuffer(blob, dtype=np.uint8).copy()
+    return tensors
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "QuantState":
+    """Builds a state from :meth:`as_dict` output or a checkpoint tensor group.
+
+    Keys may carry a common prefix (``"model.layers.0.mlp.down_proj.weight."``).
+    Raises ValueError naming the key for anything missing, extra or mismatched.
+    """
+    from jaxfp4._src import state_io  # one-way import; keeps parsing apart
+    return state_io.state_from_dict(cls, NestedState, d)
+
+
+def _host(a, dtype) -> np.ndarray:
+  return np.asarray(jax.device_get(a)).astype(dtype, copy=False)
+
+
+def _absmax_dtype(fmt: formats.QuantFormat, nested: bool) -> np.dtype:
+  if fmt.scale_kind == "e8m0":
+    return jnp.dtype(jnp.float8_e8m0fnu)
+  if fmt.scale_kind == "e4m3":
+    return jnp.dtype(jnp.float8_e4m3fn)
+  return jnp.dtype(jnp.uint8 if nested else jnp.float32)

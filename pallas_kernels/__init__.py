@@ -1,0 +1,42 @@
+"""Pallas GPU kernels for packed 4-bit data, each beside its pure-jnp reference.
+
+Nothing outside this package imports ``jax.experimental.pallas``.
+"""
+
+from pallas_kernels._src.dequantize_4bit.api import dequantize_blocks as dequantize_blocks
+from pallas_kernels._src.dequantize_4bit.config import DequantizeConfig as DequantizeConfig
+from pallas_kernels._src.dequantize_4bit.reference import (
+    dequantize_blocks_reference as dequantize_blocks_reference)
+from pallas_kernels._src.dequantize_4bit.triton import (
+    dequantize_blocks_triton as dequantize_blocks_triton)
+from pallas_kernels._src.numerics import canonical_nan as canonical_nan
+from pallas_kernels._src.numerics import flush_subnormals as flush_subnormals
+from pallas_kernels._src.numerics import mul_ftz as mul_ftz
+from pallas_kernels._src.quantize_8bit.api import quantize_8bit_blocks as quantize_8bit_blocks
+from pallas_kernels._src.quantize_8bit.reference import (
+    quantize_8bit_blocks_reference as quantize_8bit_blocks_reference)
+from pallas_kernels._src.quantize_8bit.triton import (
+    quantize_8bit_blocks_triton as quantize_8bit_blocks_triton)
+from pallas_kernels._src.quantize_4bit.api import quantize_blocks as quantize_blocks
+from pallas_kernels._src.quantize_4bit.config import QuantizeConfig as QuantizeConfig
+from pallas_kernels._src.quantize_4bit.reference import (
+    quantize_blocks_reference as quantize_blocks_reference)
+from pallas_kernels._src.quantize_4bit.triton import (
+    quantize_blocks_triton as quantize_blocks_triton)
+
+__all__ = (
+    "canonical_nan",
+    "DequantizeConfig",
+    "QuantizeConfig",
+    "dequantize_blocks",
+    "dequantize_blocks_reference",
+    "dequantize_blocks_triton",
+    "flush_subnormals",
+    "mul_ftz",
+    "quantize_blocks",
+    "quantize_blocks_reference",
+    "quantize_8bit_blocks",
+    "quantize_8bit_blocks_reference",
+    "quantize_8bit_blocks_triton",
+    "quantize_blocks_triton",
+)

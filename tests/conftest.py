@@ -1,0 +1,29 @@
+"""Test configuration: hardened JAX numerics and shared fixtures."""
+
+from __future__ import annotations
+
+import os
+
+# Kernels run in the Pallas interpreter on the CPU; keep XLA single-threaded
+# per process so `pytest -n 2` does not oversubscribe CI's two cores.
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "data", "bnb_golden.npz")
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict[str, np.ndarray]:
+  """bitsandbytes 0.50.2 CUDA outputs (tools/make_bnb_golden.py)."""
+  with np.load(GOLDEN) as f:
+    return {k: f[k] for k in f.files}
+
+
+def on_gpu() -> bool:
+  return jax.default_backend() == "gpu"

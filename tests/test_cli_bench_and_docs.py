@@ -1,0 +1,53 @@
+"""The bench command, --help of every command, tuned configs, and docstring examples."""
+
+from __future__ import annotations
+
+import doctest
+import json
+
+import pytest
+
+from jaxfp4._src import quantize as quantize_module
+from jaxfp4._src.analysis import metrics
+from jaxfp4._src.cli.main import main
+from pallas_kernels._src.dequantize_4bit import config as dequant_config
+from pallas_kernels._src.quantize_4bit import config as quant_config
+
+
+@pytest.mark.parametrize("command", ["demo", "analyze", "bench"])
+def test_every_command_has_help(command, capsys):
+  with pytest.raises(SystemExit) as e:
+    main([command, "--help"])
+  assert e.value.code == 0
+  assert "usage: jaxfp4 " + command in capsys.readouterr().out
+
+
+def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
+  out = tmp_path / "bench.json"
+  assert main(["bench", "--shape", "64,128", "--quant-types", "nf4", "--json", str(out)]) == 0
+  text = capsys.readouterr().out
+  assert "copy bandwidth" in text and "quantize   nf4" in text and "dequantize nf4+dq" in text
+  data = json.loads(out.read_text())
+  rows = {(r["op"], r["quant_type"], r["variant"]) for r in data["rows"]}
+  assert ("quantize", "nf4", "xla") in rows and ("dequantize", "nf4+dq", "xla") in rows
+  assert all(r["us"] > 0 and r["bytes"] > 0 for r in data["rows"])
+
+
+def test_bench_rejects_an_unknown_quant_type():
+  with pytest.raises(ValueError, match="`quant_type` must be one of"):
+    main(["bench", "--shape", "64,128", "--quant-types", "int4"])
+
+
+def test_tuned_configs_are_read_for_their_device_kind():
+  cfg = quant_config.get_config(64, "bfloat16", "nvidia_h100_80gb_hbm3")
+  assert (cfg.block_rows, cfg.num_warps) == (128, 4)
+  cfg = dequant_config.get_config(64, "bfloat16", "nvidia_h100_80gb_hbm3")
+  assert (cfg.block_rows, cfg.lookup) == (128, "gather")
+  # unknown device: the heuristic
+  assert quant_config.get_config(4096, "float32", "some_gpu").block_rows == 2
+
+
+@pytest.mark.parametrize("module", [quantize_module, metrics])
+def test_docstring_examples_run(module):
+  result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+  assert result.attempted > 0 and result.failed == 0
