@@ -5,6 +5,7 @@ Please use the names re-exported here; ``jaxfp4._src`` is not public API.
 
 from jaxfp4 import analysis as analysis
 from jaxfp4._src.formats import QUANT_TYPES as QUANT_TYPES
+from jaxfp4._src.matmul import matmul_4bit as matmul_4bit
 from jaxfp4._src.packing import pack_nibbles as pack_nibbles
 from jaxfp4._src.packing import unpack_nibbles as unpack_nibbles
 from jaxfp4._src.quantize import block_scales as block_scales
@@ -28,6 +29,7 @@ __all__ = (
     "dequantize_4bit",
     "dequantize_fp4",
     "dequantize_nf4",
+    "matmul_4bit",
     "pack_nibbles",
     "quantize_4bit",
     "quantize_fp4",

@@ -9,6 +9,15 @@ from pallas_kernels._src.dequantize_4bit.reference import (
     dequantize_blocks_reference as dequantize_blocks_reference)
 from pallas_kernels._src.dequantize_4bit.triton import (
     dequantize_blocks_triton as dequantize_blocks_triton)
+from pallas_kernels._src.matmul_4bit.api import matmul_packed as matmul_packed
+from pallas_kernels._src.matmul_4bit.config import MatmulConfig as MatmulConfig
+from pallas_kernels._src.matmul_4bit.reference import (
+    decode_weight_reference as decode_weight_reference)
+from pallas_kernels._src.matmul_4bit.reference import (
+    matmul_4bit_reference as matmul_4bit_reference)
+from pallas_kernels._src.matmul_4bit.triton import matmul_4bit_triton as matmul_4bit_triton
+from pallas_kernels._src.matmul_4bit.weight import PackedWeight as PackedWeight
+from pallas_kernels._src.matmul_4bit.weight import WeightFormat as WeightFormat
 from pallas_kernels._src.numerics import canonical_nan as canonical_nan
 from pallas_kernels._src.numerics import flush_subnormals as flush_subnormals
 from pallas_kernels._src.numerics import mul_ftz as mul_ftz
@@ -27,6 +36,13 @@ from pallas_kernels._src.quantize_4bit.triton import (
 __all__ = (
     "canonical_nan",
     "DequantizeConfig",
+    "MatmulConfig",
+    "PackedWeight",
+    "WeightFormat",
+    "decode_weight_reference",
+    "matmul_4bit_reference",
+    "matmul_4bit_triton",
+    "matmul_packed",
     "QuantizeConfig",
     "dequantize_blocks",
     "dequantize_blocks_reference",

@@ -24,13 +24,32 @@ def test_every_command_has_help(command, capsys):
 
 def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
   out = tmp_path / "bench.json"
-  assert main(["bench", "--shape", "64,128", "--quant-types", "nf4", "--json", str(out)]) == 0
+  assert main(["bench", "--shape", "64,128", "--quant-types", "nf4", "--skip-matmul",
+               "--json", str(out)]) == 0
   text = capsys.readouterr().out
   assert "copy bandwidth" in text and "quantize   nf4" in text and "dequantize nf4+dq" in text
   data = json.loads(out.read_text())
   rows = {(r["op"], r["quant_type"], r["variant"]) for r in data["rows"]}
   assert ("quantize", "nf4", "xla") in rows and ("dequantize", "nf4+dq", "xla") in rows
   assert all(r["us"] > 0 and r["bytes"] > 0 for r in data["rows"])
+
+
+def test_bench_matmul_table(tmp_path, capsys):
+  out = tmp_path / "bench.json"
+  assert main(["bench", "--skip-quantize", "--matmul-shapes", "48x128", "--ms", "1,3",
+               "--format-types", "fp4,nf4+dq", "--format-ms", "1", "--quick",
+               "--json", str(out)]) == 0
+  text = capsys.readouterr().out
+  assert "roofline: copy" in text and "matmul_4bit bwd" in text
+  rows = json.loads(out.read_text())["matmul_rows"]
+  got = {(r["M"], r["quant_type"], r["variant"]) for r in rows}
+  for m in (1, 3):
+    assert {(m, "bf16", "bf16"), (m, "bf16", "bf16 bwd"), (m, "nf4", "xla dequant+dot"),
+            (m, "nf4", "matmul_4bit"), (m, "nf4", "matmul_4bit bwd")} <= got
+  assert (1, "fp4", "matmul_4bit") in got and (1, "nf4+dq", "matmul_4bit") in got
+  for r in rows:
+    assert r["us"] > 0 and r["bytes"] > 0 and 0 < r["pct_roofline"]
+    assert (r["speedup_vs_bf16"] is None) == (r["quant_type"] == "bf16")
 
 
 def test_bench_rejects_an_unknown_quant_type():

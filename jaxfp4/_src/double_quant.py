@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pallas_kernels._src.numerics import unfused
+
 from jaxfp4._src import formats
 import pallas_kernels
 
@@ -142,7 +144,6 @@ def _rounded(p: jax.Array) -> jax.Array:
 
   Under ``jit`` XLA fuses ``code * absmax2 + offset`` (or ``absmax - sum * 1/n``)
   and LLVM contracts it to an FMA: one rounding instead of bitsandbytes' two.
-  ``optimization_barrier`` and ``reduce_precision`` do not survive fusion. A select on ``p == p`` (false
-  only for NaN, where both branches are NaN) breaks the multiply-add pattern.
+  ``optimization_barrier`` and ``reduce_precision`` do not survive fusion.
   """
-  return jnp.where(p == p, p, p + 1.0)
+  return unfused(p)

@@ -159,17 +159,23 @@ def quantize_4bit(
   return packing.to_storage(packed, storage), state
 
 
-def block_scales(state: QuantState) -> jax.Array:
-  """Float32 per-block multiplier that a decoded table value is scaled by."""
+def decode_scale_bytes(raw: jax.Array, state: QuantState) -> jax.Array:
+  """float32 block multipliers of E8M0 (mxfp4) or E4M3 (nvfp4) scale bytes."""
   fmt = state.format
   if fmt.scale_kind == "e8m0":
-    e = jax.lax.bitcast_convert_type(state.absmax, jnp.uint8).astype(jnp.int32) - 127
+    e = jax.lax.bitcast_convert_type(raw, jnp.uint8).astype(jnp.int32) - 127
     # Byte 0 means 2**-127, a float32 subnormal: flushed to zero like every
     # subnormal here. Byte 255 is the E8M0 NaN.
     scale = jnp.where(e == -127, 0.0, codec.pow2(jnp.clip(e, -126, 127)))
     return jnp.where(e == 128, pallas_kernels.canonical_nan(scale.shape), scale)
-  if fmt.scale_kind == "e4m3":
-    return codec.flush_subnormals(state.absmax.astype(jnp.float32) * state.global_scale)
+  return codec.flush_subnormals(raw.astype(jnp.float32) * state.global_scale)
+
+
+def block_scales(state: QuantState) -> jax.Array:
+  """Float32 per-block multiplier that a decoded table value is scaled by."""
+  fmt = state.format
+  if fmt.scale_kind in ("e8m0", "e4m3"):
+    return decode_scale_bytes(state.absmax, state)
   absmax = state.absmax
   if state.nested:
     absmax = double_quant.decompress_absmax(
@@ -178,6 +184,22 @@ def block_scales(state: QuantState) -> jax.Array:
   if fmt.name == "e2m1":
     absmax = absmax * jnp.float32(1.0 / formats.E2M1_MAX)
   return absmax
+
+
+def check_packed(packed: jax.typing.ArrayLike, state: QuantState) -> jax.Array:
+  """Validates ``state`` and that ``packed`` holds its bytes; returns them as uint8."""
+  if not isinstance(state, QuantState):
+    raise ValueError(f"`state` must be a QuantState, got {type(state).__name__}.")
+  state.validate()
+  packed = jnp.asarray(packed)
+  packing.storage_dtype(packed.dtype)
+  n = state.numel
+  want = (n + 1) // 2
+  have = math.prod(packed.shape) * packed.dtype.itemsize
+  if have != want:
+    raise ValueError(f"`packed` holds {have} bytes but the state describes {n} elements "
+                     f"({want} bytes); the state does not belong to this array.")
+  return packing.from_storage(packed)
 
 
 def dequantize_4bit(
@@ -206,19 +228,9 @@ def dequantize_4bit(
     >>> y.shape, y.dtype
     ((2, 64), dtype(bfloat16))
   """
-  if not isinstance(state, QuantState):
-    raise ValueError(f"`state` must be a QuantState, got {type(state).__name__}.")
   _check_choice("implementation", implementation, IMPLEMENTATIONS)
-  state.validate()
-  packed = jnp.asarray(packed)
-  packing.storage_dtype(packed.dtype)
+  data = check_packed(packed, state)
   n, bs = state.numel, state.blocksize
-  want = (n + 1) // 2
-  have = math.prod(packed.shape) * packed.dtype.itemsize
-  if have != want:
-    raise ValueError(f"`packed` holds {have} bytes but the state describes {n} elements "
-                     f"({want} bytes); the state does not belong to this array.")
-  data = packing.from_storage(packed)
   if n == 0:
     return jnp.zeros(state.shape, state.dtype)
   scales = block_scales(state)

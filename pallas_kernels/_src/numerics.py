@@ -45,3 +45,13 @@ def mul_ftz(a: jax.Array, b: jax.Array) -> jax.Array:
   """
   p = flush_subnormals(flush_subnormals(a) * b)
   return jnp.where(p == p, p, canonical_nan(p.shape))
+
+
+def unfused(p: jax.Array) -> jax.Array:
+  """``p`` in a form the compiler cannot contract with a following add.
+
+  XLA CPU (and LLVM in general) fuses ``a * b + c`` into one FMA, a single
+  rounding where bitsandbytes rounds twice. A select on ``p == p`` (false only
+  for NaN, where both branches are NaN) breaks the pattern.
+  """
+  return jnp.where(p == p, p, p + 1.0)

@@ -1,0 +1,198 @@
+"""``matmul_4bit``: ``x @ W.T + bias`` against a packed 4-bit weight, with gradients.
+
+The weight stays packed. On a GPU, small M runs a fused Pallas kernel that
+decodes tiles in registers (memory-bound decode: the packed bytes are read
+once); large M, where the work is compute-bound, decodes the weight with the
+dequantize kernel and hands it to XLA's tensor-core GEMM. Off the GPU both
+directions are plain jnp. The backward pass needs only the weight and the
+output gradient, so no activation is saved for it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxfp4._src import formats
+from jaxfp4._src import quantize as quantize_lib
+from jaxfp4._src.state import QuantState
+import pallas_kernels
+from pallas_kernels._src import common as kernel_common
+from pallas_kernels._src.matmul_4bit import config as matmul_config
+
+IMPLEMENTATIONS = (None, "xla", "pallas")
+ACTIVATION_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _next_pow2(n: int) -> int:
+  return 1 << max(0, (n - 1).bit_length())
+
+
+def kernel_weight(data: jax.Array, state: QuantState
+                  ) -> tuple[pallas_kernels.PackedWeight, pallas_kernels.WeightFormat]:
+  """The packed weight in the kernels' layout (``K % blocksize == 0``)."""
+  n, k = state.shape
+  bs = state.blocksize
+  fmt = state.format
+  nkb = k // bs
+  data = data.reshape(n, nkb, bs // 2)
+  lut = tuple(fmt.decode_lut)
+  mult = float(np.float32(1.0 / formats.E2M1_MAX)) if fmt.name == "e2m1" else 1.0
+  if fmt.scale_kind in ("e8m0", "e4m3"):
+    # Every possible byte decoded once; the per-tensor nvfp4 scale is folded in.
+    every_byte = jax.lax.bitcast_convert_type(jnp.arange(256, dtype=jnp.uint8),
+                                              state.absmax.dtype)
+    table = quantize_lib.decode_scale_bytes(every_byte, state)
+    raw = jax.lax.bitcast_convert_type(state.absmax, jnp.uint8).reshape(n, nkb)
+    return (pallas_kernels.PackedWeight(data, raw, table),
+            pallas_kernels.WeightFormat(lut=lut, blocksize=bs, scale_kind="byte"))
+  if state.nested:
+    a2 = state.state2.absmax
+    group = jnp.pad(a2, (0, _next_pow2(a2.shape[0]) - a2.shape[0]))
+    table = jnp.asarray(np.asarray(state.state2.code, np.float32))
+    w = pallas_kernels.PackedWeight(data, state.absmax.reshape(n, nkb), table, group,
+                                    jnp.reshape(state.offset, (1,)).astype(jnp.float32))
+    return w, pallas_kernels.WeightFormat(lut=lut, blocksize=bs, scale_kind="byte",
+                                          scale_multiplier=mult,
+                                          nested_blocksize=state.state2.blocksize)
+  return (pallas_kernels.PackedWeight(data, state.absmax.reshape(n, nkb)),
+          pallas_kernels.WeightFormat(lut=lut, blocksize=bs, scale_multiplier=mult))
+
+
+def _fused_ok(state: QuantState, dtype) -> bool:
+  n, k = state.shape
+  return matmul_config.can_use_kernel(n, k, state.blocksize, dtype)
+
+
+def _route(m: int, state: QuantState, dtype, implementation, transpose: bool) -> str:
+  """``"fused"``, ``"dequantize"`` (kernel decode + XLA dot) or ``"xla"``."""
+  if implementation == "xla":
+    return "xla"
+  n, k = state.shape
+  if implementation == "pallas":
+    if not _fused_ok(state, dtype):
+      raise ValueError(
+          f"implementation='pallas' needs the weight's K={k} to be a multiple of its "
+          f"blocksize={state.blocksize} (blocks must not straddle rows); use None or 'xla'.")
+    return "fused"
+  if not kernel_common.on_gpu():
+    return "xla"
+  if _fused_ok(state, dtype) and matmul_config.prefer_fused(
+      m, n, k, transpose, kernel_common.device_kind()):
+    return "fused"
+  return "dequantize"
+
+
+def _decoded_weight(data, state: QuantState, dtype, use_kernel: bool) -> jax.Array:
+  """``W[N, K]`` in ``dtype``: float32 ``lut * scale`` rounded once."""
+  return pallas_kernels.dequantize_blocks(
+      data, quantize_lib.block_scales(state), lut=tuple(state.format.decode_lut),
+      numel=state.numel, blocksize=state.blocksize, out_dtype=dtype,
+      implementation=None if use_kernel else "xla").reshape(state.shape)
+
+
+def _product(x, data, state, bias, implementation, transpose: bool):
+  route = _route(x.shape[0], state, x.dtype, implementation, transpose)
+  if route == "fused":
+    w, fmt = kernel_weight(data, state)
+    return pallas_kernels.matmul_packed(x, w, fmt=fmt, transpose=transpose, bias=bias,
+                                        implementation="pallas")
+  wt = _decoded_weight(data, state, x.dtype, use_kernel=route == "dequantize")
+  dims = (((1,), (0,)), ((), ())) if transpose else (((1,), (1,)), ((), ()))
+  prec = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
+  acc = jax.lax.dot_general(x, wt, dims, precision=prec, preferred_element_type=jnp.float32)
+  if bias is not None:
+    acc = acc + bias.astype(jnp.float32)[None, :]
+  return acc.astype(x.dtype)
+
+
+def _zero_cotangent(a):
+  if jnp.issubdtype(a.dtype, jnp.inexact):
+    return jnp.zeros_like(a)
+  return np.zeros(a.shape, jax.dtypes.float0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _matmul(x, bias, data, state, implementation):
+  return _product(x, data, state, bias, implementation, transpose=False)
+
+
+def _matmul_fwd(x, bias, data, state, implementation):
+  return _product(x, data, state, bias, implementation, transpose=False), (bias, data, state)
+
+
+def _matmul_bwd(implementation, residuals, dy):
+  bias, data, state = residuals
+  dx = _product(dy, data, state, None, implementation, transpose=True)
+  dbias = None if bias is None else jnp.sum(dy.astype(jnp.float32), axis=0).astype(bias.dtype)
+  return (dx, dbias, _zero_cotangent(data), jax.tree_util.tree_map(_zero_cotangent, state))
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def matmul_4bit(
+    x: jax.typing.ArrayLike,
+    packed: jax.typing.ArrayLike,
+    state: QuantState,
+    *,
+    bias: jax.typing.ArrayLike | None = None,
+    implementation: str | None = None,
+) -> jax.Array:
+  """``x @ dequantize_4bit(packed, state).T + bias`` without widening the weight.
+
+  ``W[N, K]`` is laid out as bitsandbytes ``Linear4bit`` stores it. The decoded
+  weight is ``float32(table[nibble] * scale)`` rounded once to ``x.dtype``
+  (equal to ``dequantize_4bit`` when ``x.dtype == state.dtype``); products are
+  accumulated in float32 and the bias is added before the final rounding.
+
+  Gradients (``jax.custom_vjp``): ``dx = dy @ W`` from the packed weight and
+  ``dbias = sum(dy)``. The 4-bit weight is frozen: the cotangents of
+  ``packed`` and of every ``state`` leaf are zero (train adapters beside it,
+  as QLoRA does).
+
+  Args:
+    x: ``[..., K]`` activations, float32, bfloat16 or float16.
+    packed: the packed bytes from :func:`quantize_4bit` (any ``quant_storage``).
+    state: the weight's :class:`QuantState`, of shape ``(N, K)``.
+    bias: optional ``[N]`` float bias.
+    implementation: None (fused kernel on a GPU for small M, dequantize
+      kernel + XLA GEMM for large M, jnp elsewhere), ``"xla"`` (pure jnp) or
+      ``"pallas"`` (the fused kernel for every M: interpret mode off the GPU;
+      an error if the weight's blocks straddle rows).
+
+  Returns:
+    ``[..., N]`` in ``x.dtype``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxfp4
+    >>> w = jax.random.normal(jax.random.key(0), (32, 64), jnp.bfloat16)
+    >>> packed, state = jaxfp4.quantize_4bit(w, quant_type="nf4")
+    >>> x = jnp.ones((2, 3, 64), jnp.bfloat16)
+    >>> jaxfp4.matmul_4bit(x, packed, state).shape
+    (2, 3, 32)
+  """
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}, got {implementation!r}.")
+  data = quantize_lib.check_packed(packed, state)
+  if len(state.shape) != 2:
+    raise ValueError(f"matmul_4bit needs the state of a 2-D weight [N, K], got shape "
+                     f"{state.shape}.")
+  n, k = state.shape
+  x = jnp.asarray(x)
+  if jnp.dtype(x.dtype).name not in ACTIVATION_DTYPES:
+    raise ValueError(f"`x` must have a dtype in {ACTIVATION_DTYPES}, got {x.dtype}.")
+  if x.ndim < 1 or x.shape[-1] != k:
+    raise ValueError(f"`x` must have shape [..., K] with K={k} (the weight is [N={n}, K={k}]), "
+                     f"got {tuple(x.shape)}.")
+  if bias is not None:
+    bias = jnp.asarray(bias)
+    if tuple(bias.shape) != (n,) or not jnp.issubdtype(bias.dtype, jnp.floating):
+      raise ValueError(f"`bias` must be a float array of shape ({n},), got "
+                       f"{bias.dtype} {tuple(bias.shape)}.")
+  lead = x.shape[:-1]
+  y = _matmul(x.reshape(-1, k), bias, data, state, implementation)
+  return y.reshape(*lead, n)
