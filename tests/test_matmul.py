@@ -92,9 +92,21 @@ def test_blocks_straddling_rows_fall_back_or_raise():
 def test_route_on_this_backend():
   _, state = _weight(16, 128, "nf4", False)
   route = matmul_lib._route(1, state, jnp.bfloat16, None, False)
-  assert route == ("fused" if on_gpu() else "xla")
+  if on_gpu():  # the recorded crossover for this device kind decides
+    from pallas_kernels._src import common
+    from pallas_kernels._src.matmul_4bit import config as mcfg
+    fused = mcfg.prefer_fused(1, 16, 128, False, common.device_kind())
+    assert route == ("fused" if fused else "dequantize")
+  else:
+    assert route == "xla"
+  assert not mcfg_prefer_on_h100()
   assert matmul_lib._route(1, state, jnp.bfloat16, "xla", False) == "xla"
   assert matmul_lib._route(8192, state, jnp.bfloat16, "pallas", True) == "fused"
+
+
+def mcfg_prefer_on_h100():
+  from pallas_kernels._src.matmul_4bit import config as mcfg
+  return mcfg.prefer_fused(1, 8192, 8192, False, "nvidia_h100_80gb_hbm3")
 
 
 @pytest.mark.parametrize("make_args,match", [
