@@ -164,20 +164,15 @@ def run(shapes, ms, *, quant_type="nf4", formats_shape=None, format_ms=(), forma
           continue
         t = _time_rotating(functools.partial(_fwd, implementation="xla"), x, ws, quick)
         add(shape, m, tag, "xla dequant+dot", t, wb, t16)
-        routes = {"dequantize": "dequant kernel+dot"}
-        if on_gpu:
-          routes["fused"] = "fused kernel"
-        for route, label in routes.items():
-          if not on_gpu and route == "dequantize":
-            continue
+        # On a GPU both routes of the dispatch are timed, whichever it would pick;
+        # elsewhere matmul_4bit is the jnp path.
+        routes = ((("dequantize", "dequant kernel+dot"), ("fused", "fused kernel")) if on_gpu
+                  else ((None, "matmul_4bit"),))
+        for route, label in routes:
           with _forced_route(route):
             add(shape, m, tag, label, _time_rotating(_fwd, x, ws, quick), wb, t16)
             if backward:
               add(shape, m, tag, label + " bwd", _time_rotating(_bwd, dy, ws, quick), wb, tb16)
-        if not on_gpu:
-          add(shape, m, tag, "matmul_4bit", _time_rotating(_fwd, x, ws, quick), wb, t16)
-          if backward:
-            add(shape, m, tag, "matmul_4bit bwd", _time_rotating(_bwd, dy, ws, quick), wb, tb16)
         for cfg in (configs or {}).get(m, []) if main and on_gpu else []:
           t = _safe_time(_config_op(cfg, False), x, ws, quick)
           add(shape, m, tag, "cfg " + cfg.name(), t, wb, t16)
@@ -188,8 +183,11 @@ def run(shapes, ms, *, quant_type="nf4", formats_shape=None, format_ms=(), forma
 
 
 @contextlib.contextmanager
-def _forced_route(route: str):
-  """Times one route of ``matmul_4bit``'s dispatch whatever it would pick."""
+def _forced_route(route: str | None):
+  """Times one route of ``matmul_4bit``'s dispatch whatever it would pick (None: its own)."""
+  if route is None:
+    yield
+    return
   original = matmul_lib._route
   matmul_lib._route = lambda *a, **k: route
   try:

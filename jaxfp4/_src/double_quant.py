@@ -118,7 +118,7 @@ def accurate_mean(a: jax.Array) -> jax.Array:
   n = a.shape[0]
   s, e = jax.lax.reduce((a, jnp.zeros_like(a)), (jnp.float32(0), jnp.float32(0)),
                         _compensated_add, (0,))
-  return _rounded((s + e) * jnp.float32(1.0 / n))
+  return unfused((s + e) * jnp.float32(1.0 / n))
 
 
 def compress_absmax(absmax: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -136,14 +136,5 @@ def compress_absmax(absmax: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]
 def decompress_absmax(codes, offset, absmax2, *, code, blocksize) -> jax.Array:
   """``f32(code[q] * absmax2[j // 256]) + offset``: two roundings, no FMA."""
   scaled = dequantize_blockwise_8bit(codes, absmax2, code=code, blocksize=blocksize)
-  return _rounded(scaled) + offset
+  return unfused(scaled) + offset
 
-
-def _rounded(p: jax.Array) -> jax.Array:
-  """``p`` itself, in a form the compiler cannot contract into a following add.
-
-  Under ``jit`` XLA fuses ``code * absmax2 + offset`` (or ``absmax - sum * 1/n``)
-  and LLVM contracts it to an FMA: one rounding instead of bitsandbytes' two.
-  ``optimization_barrier`` and ``reduce_precision`` do not survive fusion.
-  """
-  return unfused(p)

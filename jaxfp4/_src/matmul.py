@@ -71,17 +71,16 @@ def _route(m: int, state: QuantState, dtype, implementation, transpose: bool) ->
   """``"fused"``, ``"dequantize"`` (kernel decode + XLA dot) or ``"xla"``."""
   if implementation == "xla":
     return "xla"
-  n, k = state.shape
   if implementation == "pallas":
     if not _fused_ok(state, dtype):
       raise ValueError(
-          f"implementation='pallas' needs the weight's K={k} to be a multiple of its "
+          f"implementation='pallas' needs the weight's K={state.shape[1]} to be a multiple of its "
           f"blocksize={state.blocksize} (blocks must not straddle rows); use None or 'xla'.")
     return "fused"
   if not kernel_common.on_gpu():
     return "xla"
   if _fused_ok(state, dtype) and matmul_config.prefer_fused(
-      m, n, k, transpose, kernel_common.device_kind()):
+      m, transpose, kernel_common.device_kind()):
     return "fused"
   return "dequantize"
 

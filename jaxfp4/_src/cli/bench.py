@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
   for ft in ftypes:
     formats.get_format(ft.removesuffix("+dq"))
   sweep_ms = [int(m) for m in args.sweep_matmul.split(",") if m.strip()]
-  if sweep_ms and jax.default_backend() != "gpu":
+  if sweep_ms and not gpu:
     print("jaxfp4 bench: --sweep-matmul times compiled Pallas kernels and needs a GPU",
           file=sys.stderr)
     return 2

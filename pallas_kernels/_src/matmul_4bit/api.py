@@ -8,7 +8,7 @@ from pallas_kernels._src import common
 from pallas_kernels._src.matmul_4bit import config as config_lib
 from pallas_kernels._src.matmul_4bit.reference import matmul_4bit_reference
 from pallas_kernels._src.matmul_4bit.triton import matmul_4bit_triton
-from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_weight
+from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_operands
 
 
 def matmul_packed(
@@ -39,11 +39,8 @@ def matmul_packed(
   Returns:
     ``[M, N]`` (``[M, K]`` when ``transpose``) in ``x.dtype``.
   """
-  check_weight(w, fmt)
+  check_operands(x, w, fmt, transpose)
   n, k = w.shape
-  if x.ndim != 2 or x.shape[1] != (n if transpose else k):
-    raise ValueError(f"`x` must be [M, {n if transpose else k}] for a weight [N={n}, K={k}] "
-                     f"(transpose={transpose}), got {tuple(x.shape)}.")
   implementation = common.choose_implementation(
       implementation, config_lib.can_use_kernel(n, k, fmt.blocksize, x.dtype),
       f"The Pallas matmul kernel needs K divisible by the blocksize and float "

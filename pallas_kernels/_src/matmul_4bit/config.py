@@ -79,10 +79,9 @@ def fit(config: MatmulConfig, m: int, n: int, k: int, blocksize: int,
   capped by the number of steps along the walked dimension.
   """
   nkb = k // blocksize
+  # blocksize >= 16 (can_use_kernel), so one block is already a valid tile.
   tkb = max(1, min(config.block_k // blocksize, _largest_pow2_divisor(nkb)))
-  block_k = max(16, tkb * blocksize)
-  if block_k // blocksize > _largest_pow2_divisor(nkb):
-    raise ValueError(f"K={k} with blocksize={blocksize} has no tile of >= 16 elements.")
+  block_k = tkb * blocksize
   walked = -(-n // config.block_n) if transpose else nkb // (block_k // blocksize)
   split = max(1, min(config.split_k, walked))
   gemv = config.gemv and not transpose and m <= MAX_GEMV_ROWS
@@ -107,8 +106,9 @@ def heuristic(m: int, n: int, k: int, blocksize: int, transpose: bool) -> Matmul
   else:
     base = MatmulConfig(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3)
   # Split the walked dimension until the grid fills the GPU.
-  tiles = (1 if base.gemv else -(-m // base.block_m)) * (-(-(k if transpose else n) // (base.block_k if transpose
-                                                                else base.block_n)))
+  m_tiles = 1 if base.gemv else -(-m // base.block_m)
+  out_tiles = -(-k // base.block_k) if transpose else -(-n // base.block_n)
+  tiles = m_tiles * out_tiles
   split = 1
   while tiles * split < 2 * _TARGET_PROGRAMS and split < 16:
     split *= 2
@@ -155,7 +155,6 @@ def candidate_configs(m: int, transpose: bool) -> list[MatmulConfig]:
       for stages in (3, 4):
         out.append(MatmulConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=w,
                                 num_stages=stages))
-  del transpose
   return out
 
 
@@ -164,7 +163,7 @@ def candidate_configs(m: int, transpose: bool) -> list[MatmulConfig]:
 _DEFAULT_MAX_FUSED_M = 128
 
 
-def prefer_fused(m: int, n: int, k: int, transpose: bool, device_kind: str | None = None) -> bool:
+def prefer_fused(m: int, transpose: bool, device_kind: str | None = None) -> bool:
   """Whether the fused kernel is expected to beat dequantize-then-dot at this M.
 
   Above the crossover the work is compute-bound and cuBLAS' tensor-core GEMM
@@ -175,5 +174,4 @@ def prefer_fused(m: int, n: int, k: int, transpose: bool, device_kind: str | Non
   limit = _DEFAULT_MAX_FUSED_M
   if entry:
     limit = entry.get("bwd" if transpose else "fwd", limit)
-  del n, k
   return m <= limit

@@ -21,9 +21,10 @@ from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels._src import common
 from pallas_kernels._src import numerics
+from pallas_kernels._src.common import masked_load
 from pallas_kernels._src.matmul_4bit.config import MAX_GEMV_ROWS, MatmulConfig
 from pallas_kernels._src.matmul_4bit.reference import precision_for
-from pallas_kernels._src.matmul_4bit.weight import (PackedWeight, WeightFormat, check_weight,
+from pallas_kernels._src.matmul_4bit.weight import (PackedWeight, WeightFormat, check_operands,
                                                     combine_scales)
 
 
@@ -41,12 +42,6 @@ def _and(a, b):
   return a if b is None else a & b
 
 
-def _load(ref, mask):
-  if mask is None:
-    return ref[...]
-  return plgpu.load(ref, mask=mask, other=jnp.zeros((), ref.dtype))
-
-
 def _store(ref, value, mask):
   if mask is None:
     ref[...] = value
@@ -54,9 +49,9 @@ def _store(ref, value, mask):
     plgpu.store(ref, value, mask=mask)
 
 
-def _row_mask(start, size: int, limit: int, always: bool = False):
+def _row_mask(start, size: int, limit: int):
   """``start + iota < limit`` or None when every tile is full."""
-  if limit % size == 0 and not always:
+  if limit % size == 0:
     return None
   return start + jax.lax.broadcasted_iota(jnp.int32, (size,), 0) < limit
 
@@ -74,15 +69,14 @@ class _Weight:
       self.group, self.offset = rest.pop(0), rest.pop(0)
     self.used = len(refs) - len(rest)
 
-  def decode(self, n0, kb0, bn: int, tkb: int, dynamic_rows: bool, lookup: str = "select",
-             dtype=None):
+  def decode(self, n0, kb0, bn: int, tkb: int, lookup: str = "select", dtype=None):
     """(W_hi, W_lo): ``[bn, tkb * blocksize / 2]`` even and odd K elements of rows n0.."""
     fmt = self.fmt
     half = fmt.blocksize // 2
-    rmask = _row_mask(n0, bn, self.n, always=dynamic_rows and self.n % bn != 0)
-    data = _load(self.data.at[pl.ds(n0, bn), pl.ds(kb0, tkb), :],
+    rmask = _row_mask(n0, bn, self.n)
+    data = masked_load(self.data.at[pl.ds(n0, bn), pl.ds(kb0, tkb), :],
                  None if rmask is None else rmask[:, None, None])
-    raw = _load(self.scales.at[pl.ds(n0, bn), pl.ds(kb0, tkb)],
+    raw = masked_load(self.scales.at[pl.ds(n0, bn), pl.ds(kb0, tkb)],
                 None if rmask is None else rmask[:, None])
     base = raw if fmt.scale_kind == "float" else self.table[raw.astype(jnp.int32)]
     group = offset = None
@@ -112,6 +106,13 @@ class _Weight:
     return scaled(b >> 4), scaled(b & 0xF)
 
 
+def _split_range(split, steps, split_k: int):
+  """``[lo, hi)`` of the ``steps`` along the walked dimension owned by split ``split``."""
+  per = pl.cdiv(steps, split_k)
+  lo = split * per
+  return lo, jnp.minimum(steps, lo + per)
+
+
 def _split_parts(x3: jax.Array):
   r, h, _ = x3.shape
   even, odd = jax.lax.split(x3, (1, 1), axis=2)
@@ -128,18 +129,16 @@ def _forward_kernel(x_ref, *refs, fmt, cfg, m, n, nkb, has_bias, dtype, interpre
   m0, n0 = i * bm, j * bn
   mmask = _row_mask(m0, bm, m)
   steps = nkb // tkb
-  per = pl.cdiv(steps, cfg.split_k)
-  lo = s * per
-  hi = jnp.minimum(steps, lo + per)
+  lo, hi = _split_range(s, steps, cfg.split_k)
   prec = precision_for(dtype)
   dims = (((1,), (1,)), ((), ()))
 
   def body(t, acc):
     kb0 = t * tkb
-    x3 = _load(x_ref.at[pl.ds(m0, bm), pl.ds(kb0 * half, tkb * half), :],
+    x3 = masked_load(x_ref.at[pl.ds(m0, bm), pl.ds(kb0 * half, tkb * half), :],
                None if mmask is None else mmask[:, None, None])
     xe, xo = _split_parts(x3)
-    w_hi, w_lo = w.decode(n0, kb0, bn, tkb, dynamic_rows=False, lookup=cfg.lookup)
+    w_hi, w_lo = w.decode(n0, kb0, bn, tkb, lookup=cfg.lookup)
     acc += jax.lax.dot_general(xe, w_hi, dims, precision=prec, preferred_element_type=jnp.float32)
     acc += jax.lax.dot_general(xo, w_lo, dims, precision=prec, preferred_element_type=jnp.float32)
     return acc
@@ -150,7 +149,7 @@ def _forward_kernel(x_ref, *refs, fmt, cfg, m, n, nkb, has_bias, dtype, interpre
                None if nmask is None else nmask[None, :])
   if cfg.split_k == 1:
     if bias_ref is not None:
-      acc += _load(bias_ref.at[pl.ds(n0, bn)], nmask)[None, :]
+      acc += masked_load(bias_ref.at[pl.ds(n0, bn)], nmask)[None, :]
     _store(out_ref.at[pl.ds(m0, bm), pl.ds(n0, bn)], acc.astype(dtype), omask)
   else:
     _store(out_ref.at[pl.ds(s * m + m0, bm), pl.ds(n0, bn)], acc, omask)
@@ -169,17 +168,15 @@ def _gemv_kernel(x_ref, *refs, fmt, cfg, m, n, nkb, dtype, interpret):
   j, s = pl.program_id(0), pl.program_id(1)
   n0 = j * bn
   steps = nkb // tkb
-  per = pl.cdiv(steps, cfg.split_k)
-  lo = s * per
-  hi = jnp.minimum(steps, lo + per)
+  lo, hi = _split_range(s, steps, cfg.split_k)
 
   def body(t, accs):
     kb0 = t * tkb
-    w_hi, w_lo = w.decode(n0, kb0, bn, tkb, dynamic_rows=False, lookup=cfg.lookup,
-                          dtype=jnp.float32)
+    w_hi, w_lo = w.decode(n0, kb0, bn, tkb, lookup=cfg.lookup, dtype=jnp.float32)
     out = []
     for r in range(m):
-      xe, xo = _split_parts(x_ref[r, pl.ds(kb0 * (fmt.blocksize // 2), bkh), :][None].astype(jnp.float32))
+      x2 = x_ref[r, pl.ds(kb0 * (fmt.blocksize // 2), bkh), :]
+      xe, xo = _split_parts(x2[None].astype(jnp.float32))
       out.append(accs[r] + w_hi * xe + w_lo * xo)
     return tuple(out)
 
@@ -199,9 +196,7 @@ def _transposed_kernel(dy_ref, *refs, fmt, cfg, m, n, nkb, dtype, interpret):
   m0, kb0 = i * bm, j * tkb
   mmask = _row_mask(m0, bm, m)
   steps = pl.cdiv(n, bn)
-  per = pl.cdiv(steps, cfg.split_k)
-  lo = s * per
-  hi = jnp.minimum(steps, lo + per)
+  lo, hi = _split_range(s, steps, cfg.split_k)
   prec = precision_for(dtype)
   dims = (((1,), (0,)), ((), ()))
 
@@ -211,8 +206,8 @@ def _transposed_kernel(dy_ref, *refs, fmt, cfg, m, n, nkb, dtype, interpret):
     nmask = _row_mask(n0, bn, n)
     dmask = _and(None if mmask is None else mmask[:, None],
                  None if nmask is None else nmask[None, :])
-    dy = _load(dy_ref.at[pl.ds(m0, bm), pl.ds(n0, bn)], dmask)
-    w_hi, w_lo = w.decode(n0, kb0, bn, tkb, dynamic_rows=True, lookup=cfg.lookup)
+    dy = masked_load(dy_ref.at[pl.ds(m0, bm), pl.ds(n0, bn)], dmask)
+    w_hi, w_lo = w.decode(n0, kb0, bn, tkb, lookup=cfg.lookup)
     acc_e += jax.lax.dot_general(dy, w_hi, dims, precision=prec,
                                  preferred_element_type=jnp.float32)
     acc_o += jax.lax.dot_general(dy, w_lo, dims, precision=prec,
@@ -242,11 +237,9 @@ def matmul_4bit_triton(
 
   ``config`` must already fit the shape (``config.fit``).
   """
-  check_weight(w, fmt)
+  check_operands(x, w, fmt, transpose)
   n, k = w.shape
   m = x.shape[0]
-  if x.ndim != 2 or x.shape[1] != (n if transpose else k):
-    raise ValueError(f"`x` must be [M, {n if transpose else k}], got {tuple(x.shape)}.")
   if bias is not None and transpose:
     raise ValueError("`bias` applies to the forward product only.")
   dtype = jnp.dtype(x.dtype)

@@ -102,6 +102,15 @@ def check_weight(w: PackedWeight, fmt: WeightFormat) -> None:
       raise ValueError(f"`group_scales` must have a power-of-two length >= {need}, got {g}.")
 
 
+def check_operands(x: jax.Array, w: PackedWeight, fmt: WeightFormat, transpose: bool) -> None:
+  """``check_weight`` plus the activations: ``[M, K]``, or ``[M, N]`` when ``transpose``."""
+  check_weight(w, fmt)
+  n, k = w.shape
+  if x.ndim != 2 or x.shape[1] != (n if transpose else k):
+    raise ValueError(f"`x` must be [M, {n if transpose else k}] for a weight [N={n}, K={k}] "
+                     f"(transpose={transpose}), got {tuple(x.shape)}.")
+
+
 def combine_scales(base: jax.Array, group: jax.Array | None, offset: jax.Array | None,
                    fmt: WeightFormat, mul_rn=None) -> jax.Array:
   """Per-block float32 scale from the gathered parts.
