@@ -14,6 +14,11 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+# XLA on Ampere/Hopper runs float32 dots in TF32 by default (measured on the
+# H100: float32 Llama logits 3.6e-3 off transformers' float32); tests that
+# compare float32 results against float32/float64 references need real float32.
+# matmul_4bit sets its own precision, so this changes only plain jnp dots.
+jax.config.update("jax_default_matmul_precision", "highest")
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "bnb_golden.npz")
 

@@ -41,7 +41,7 @@ class NestedState:
   """
 
   absmax: jax.Array
-  code: tuple[float, ...] = _static(default=tuple(float(v) for v in formats.DYNAMIC_MAP_8BIT))
+  code: tuple[float, ...] = _static(default=tuple(float(v) for v in formats.DYNAMIC_MAP_8BIT), repr=False)
   blocksize: int = _static(default=formats.NESTED_BLOCKSIZE)
 
 
@@ -68,7 +68,7 @@ class QuantState:
   dtype: np.dtype = _static()
   blocksize: int = _static()
   quant_type: str = _static()
-  code: tuple[float, ...] = _static()
+  code: tuple[float, ...] = _static(repr=False)
   offset: jax.Array | None = None
   state2: NestedState | None = None
   global_scale: jax.Array | None = None

@@ -1,4 +1,4 @@
-"""``jaxfp4`` command line: ``demo``, ``analyze``, ``bench``."""
+"""``jaxfp4`` command line: ``demo``, ``analyze``, ``bench``, ``quantize``, ``inspect``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import sys
 from jaxfp4._src.cli import analyze as analyze_cmd
 from jaxfp4._src.cli import bench as bench_cmd
 from jaxfp4._src.cli import demo as demo_cmd
+from jaxfp4._src.cli import inspect as inspect_cmd
+from jaxfp4._src.cli import quantize as quantize_cmd
 from jaxfp4._src.version import __version__
 
-COMMANDS = (demo_cmd, analyze_cmd, bench_cmd)
+COMMANDS = (demo_cmd, analyze_cmd, bench_cmd, quantize_cmd, inspect_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,117 @@
+"""The computation shared by the NNX and Linen ``Dense4bit`` layers.
+
+Both layers call :func:`dense_4bit` on the same arrays, so for the same packed
+weight they give bit-identical outputs. Kernels follow Flax's ``[in, out]``
+convention; the packed weight follows bitsandbytes' ``Linear4bit``, which
+quantizes ``W[out, in]`` (bnb_format.md §6), so checkpoints move between the
+two without re-packing.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxfp4._src import formats
+from jaxfp4._src.matmul import matmul_4bit
+from jaxfp4._src.quantize import quantize_4bit
+from jaxfp4._src.state import QuantState
+
+
+def check_features(name: str, value) -> int:
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+  return value
+
+
+def check_lora(lora_rank, lora_alpha, lora_dropout) -> float:
+  """Validates the LoRA options and returns the adapter scale ``alpha / rank``."""
+  if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
+    raise ValueError(f"`lora_rank` must be an int >= 0 (0 disables LoRA), got {lora_rank!r}.")
+  if not 0.0 <= float(lora_dropout) < 1.0:
+    raise ValueError(f"`lora_dropout` must be in [0, 1), got {lora_dropout!r}.")
+  if lora_rank == 0:
+    return 0.0
+  alpha = float(lora_rank if lora_alpha is None else lora_alpha)
+  if not alpha > 0:
+    raise ValueError(f"`lora_alpha` must be > 0, got {lora_alpha!r}.")
+  # Hu et al. 2021 (LoRA) scale the update by alpha / r.
+  return alpha / lora_rank
+
+
+def quantize_kernel(
+    kernel: jax.Array,
+    *,
+    quant_type: str,
+    blocksize: int | None,
+    compress_statistics: bool,
+    quant_storage,
+) -> tuple[jax.Array, QuantState]:
+  """Quantizes a Flax ``[in, out]`` kernel as bitsandbytes' ``W[out, in]``."""
+  if jnp.ndim(kernel) != 2:
+    raise ValueError(f"`kernel` must be 2-D [in_features, out_features], got shape {jnp.shape(kernel)}.")
+  return quantize_4bit(jnp.asarray(kernel).T, quant_type=quant_type, blocksize=blocksize,
+                       compress_statistics=compress_statistics, quant_storage=quant_storage)
+
+
+def check_quantized(packed: jax.Array, state: QuantState, in_features: int, out_features: int):
+  if not isinstance(state, QuantState):
+    raise ValueError(f"`state` must be a jaxfp4.QuantState, got {type(state).__name__}.")
+  if tuple(state.shape) != (out_features, in_features):
+    raise ValueError(f"The quantized weight has shape {tuple(state.shape)} [out, in], but the layer "
+                     f"needs ({out_features}, {in_features}).")
+
+
+def compute_dtype(x: jax.Array, state: QuantState, dtype, *others) -> jnp.dtype:
+  """``dtype`` if given, else the promotion of the input and the weights' dtypes
+  (what ``nnx.Linear`` and ``nn.Dense`` do with ``dtype=None``)."""
+  if dtype is not None:
+    return jnp.dtype(dtype)
+  return jnp.result_type(x.dtype, state.dtype, *[o.dtype for o in others if o is not None])
+
+
+def dense_4bit(
+    x: jax.Array,
+    packed: jax.Array,
+    state: QuantState,
+    *,
+    bias: jax.Array | None,
+    lora_a: jax.Array | None,
+    lora_b: jax.Array | None,
+    lora_scale: float,
+    dropout: Callable[[jax.Array], jax.Array] | None,
+    dtype,
+    implementation: str | None,
+) -> jax.Array:
+  """``x @ W.T + bias + scale * dropout(x) @ A @ B`` in the compute dtype."""
+  x = jnp.asarray(x)
+  if x.ndim < 1 or x.shape[-1] != state.shape[1]:
+    raise ValueError(f"Input `x` must have last dim {state.shape[1]} (in_features), got shape {x.shape}.")
+  dt = compute_dtype(x, state, dtype, bias, lora_a)
+  if not jnp.issubdtype(dt, jnp.floating) or dt.name not in formats.INPUT_DTYPES:
+    raise ValueError(f"The compute `dtype` must be one of {formats.INPUT_DTYPES}, got {dt}.")
+  x = x.astype(dt)
+  y = matmul_4bit(x, packed, state, bias=None if bias is None else bias.astype(dt),
+                  implementation=implementation)
+  if lora_a is not None:
+    h = x if dropout is None else dropout(x)
+    delta = (h @ lora_a.astype(dt)) @ lora_b.astype(dt)
+    y = y + (delta * jnp.asarray(lora_scale, dt)).astype(dt)
+  return y
+
+
+def merged_weight(packed: jax.Array, state: QuantState, lora_a, lora_b, lora_scale: float) -> jax.Array:
+  """float32 ``W[out, in] + scale * (A @ B).T``: the dense weight a merge re-quantizes."""
+  from jaxfp4._src.quantize import dequantize_4bit
+  w = dequantize_4bit(packed, state).astype(jnp.float32)
+  delta = jnp.matmul(lora_a.astype(jnp.float32), lora_b.astype(jnp.float32),
+                     precision=jax.lax.Precision.HIGHEST)
+  return w + lora_scale * delta.T
+
+
+def requantize_like(w: jax.Array, state: QuantState, packed: jax.Array) -> tuple[jax.Array, QuantState]:
+  """Quantizes ``w`` with the same format, block size, nesting and storage as ``state``."""
+  return quantize_4bit(w.astype(state.dtype), quant_type=state.quant_type, blocksize=state.blocksize,
+                       compress_statistics=state.nested, quant_storage=packed.dtype)

@@ -1,0 +1,257 @@
+"""``jaxfp4.nnx.Dense4bit``: a drop-in 4-bit ``nnx.Linear`` with optional LoRA.
+
+The packed weight and its ``QuantState`` live in :class:`QuantizedWeight`, a
+variable type that is not an ``nnx.Param``: ``nnx.grad`` (which differentiates
+``nnx.Param`` by default) and ``nnx.Optimizer(..., wrt=nnx.LoRAParam)`` never see
+them, so the integer bytes can't reach a float optimizer (jax_ecosystem.md §C).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxfp4._src.flax import dense
+from jaxfp4._src.state import QuantState
+
+default_kernel_init = nnx.initializers.lecun_normal()
+# LoRA: A random, B zero, so a fresh adapter leaves the layer unchanged
+# (Hu et al. 2021, §4.1); he_uniform for A follows nnx.LoRA.
+default_lora_a_init = nnx.initializers.he_uniform()
+default_bias_init = nnx.initializers.zeros_init()
+
+
+class QuantizedWeight(nnx.Variable):
+  """A frozen 4-bit weight: the packed bytes or their :class:`jaxfp4.QuantState`."""
+
+
+class Dense4bit(nnx.Module):
+  """A linear layer whose weight is stored in 4 bits (bitsandbytes layout).
+
+  Takes ``nnx.Linear``'s arguments plus the quantization options; the kernel is
+  drawn with ``kernel_init`` and quantized at construction.
+
+  Args:
+    in_features: input features.
+    out_features: output features.
+    use_bias: add a trainable ``nnx.Param`` bias.
+    dtype: compute dtype; None promotes the input and the weight dtype.
+    param_dtype: dtype of the initial kernel, the bias, the adapters, and of the
+      dequantized weight (``QuantState.dtype``).
+    kernel_init, bias_init: initializers, as for ``nnx.Linear``.
+    quant_type: ``"nf4"``, ``"fp4"``, ``"e2m1"``, ``"mxfp4"`` or ``"nvfp4"``.
+    blocksize: elements per scale block (None: the format's default).
+    compress_statistics: double-quantize the absmax (bitsandbytes "nested").
+    quant_storage: dtype the packed bytes are viewed as (bitsandbytes'
+      ``quant_storage``).
+    lora_rank: rank of the LoRA adapters; 0 disables them.
+    lora_alpha: LoRA scale numerator (scale = alpha / rank); None means rank.
+    lora_dropout: dropout rate on the adapter input (off in ``eval()`` mode).
+    lora_param_type: variable type of the adapters.
+    quantized: ``(packed, state)`` of an already quantized ``W[out, in]``; when
+      given, ``kernel_init`` is not called.
+    implementation: ``matmul_4bit``'s implementation (None, "xla", "pallas").
+    rngs: random streams (``params``; ``dropout`` when ``lora_dropout > 0``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> import jaxfp4.nnx
+    >>> layer = jaxfp4.nnx.Dense4bit(64, 32, quant_type="nf4", lora_rank=4, rngs=nnx.Rngs(0))
+    >>> layer(jnp.ones((2, 64))).shape
+    (2, 32)
+  """
+
+  def __init__(
+      self,
+      in_features: int,
+      out_features: int,
+      *,
+      use_bias: bool = True,
+      dtype: Any = None,
+      param_dtype: Any = jnp.float32,
+      kernel_init: Any = default_kernel_init,
+      bias_init: Any = default_bias_init,
+      quant_type: str = "nf4",
+      blocksize: int | None = None,
+      compress_statistics: bool = False,
+      quant_storage: Any = jnp.uint8,
+      lora_rank: int = 0,
+      lora_alpha: float | None = None,
+      lora_dropout: float = 0.0,
+      lora_param_type: type[nnx.Variable] = nnx.LoRAParam,
+      quantized: tuple[jax.Array, QuantState] | None = None,
+      implementation: str | None = None,
+      rngs: nnx.Rngs,
+  ):
+    self.in_features = dense.check_features("in_features", in_features)
+    self.out_features = dense.check_features("out_features", out_features)
+    self.use_bias = use_bias
+    self.dtype = dtype
+    self.param_dtype = param_dtype
+    self.implementation = implementation
+    if quantized is None:
+      kernel = kernel_init(rngs.params(), (in_features, out_features), param_dtype)
+      packed, state = dense.quantize_kernel(
+          kernel, quant_type=quant_type, blocksize=blocksize,
+          compress_statistics=compress_statistics, quant_storage=quant_storage)
+    else:
+      packed, state = quantized
+      dense.check_quantized(packed, state, in_features, out_features)
+    self.weight = QuantizedWeight(packed)
+    self.quant_state = QuantizedWeight(state)
+    self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
+    self.lora_rank, self.lora_alpha, self.lora_scale = 0, None, 0.0
+    self.lora_a, self.lora_b, self.lora_dropout = nnx.data(None), nnx.data(None), nnx.data(None)
+    self.set_lora(lora_rank, alpha=lora_alpha, dropout=lora_dropout,
+                  param_type=lora_param_type, rngs=rngs)
+
+  def set_lora(self, rank: int, *, alpha: float | None = None, dropout: float = 0.0,
+               param_type: type[nnx.Variable] = nnx.LoRAParam, rngs: nnx.Rngs | None = None) -> None:
+    """Replaces the layer's adapters by fresh ones (rank 0 removes them).
+
+    ``A`` is drawn from ``rngs.params()`` and ``B`` is zero, so the output does
+    not change until the adapters are trained.
+    """
+    scale = dense.check_lora(rank, alpha, dropout)
+    if rank and rngs is None:
+      raise ValueError("`rngs` is required to initialize LoRA adapters (rank > 0).")
+    dt = self.param_dtype
+    self.lora_a = param_type(default_lora_a_init(rngs.params(), (self.in_features, rank), dt)) if rank else None
+    self.lora_b = param_type(jnp.zeros((rank, self.out_features), dt)) if rank else None
+    self.lora_dropout = nnx.Dropout(dropout, rngs=rngs) if rank and dropout else None
+    self.lora_rank, self.lora_alpha, self.lora_scale = rank, (alpha if rank else None), scale
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Applies the layer to ``x[..., in_features]``."""
+    return dense.dense_4bit(
+        x, self.weight.get_value(), self.quant_state.get_value(),
+        bias=None if self.bias is None else self.bias.get_value(),
+        lora_a=None if self.lora_a is None else self.lora_a.get_value(),
+        lora_b=None if self.lora_b is None else self.lora_b.get_value(),
+        lora_scale=self.lora_scale, dropout=self.lora_dropout, dtype=self.dtype,
+        implementation=self.implementation)
+
+  @classmethod
+  def from_linear(
+      cls,
+      linear: nnx.Linear,
+      *,
+      quant_type: str = "nf4",
+      blocksize: int | None = None,
+      compress_statistics: bool = False,
+      quant_storage: Any = jnp.uint8,
+      lora_rank: int = 0,
+      lora_alpha: float | None = None,
+      lora_dropout: float = 0.0,
+      implementation: str | None = None,
+      rngs: nnx.Rngs | None = None,
+  ) -> "Dense4bit":
+    """Quantizes an ``nnx.Linear`` (its kernel and bias are kept as they are).
+
+    ``rngs`` is needed only for LoRA adapters.
+
+    Example:
+      >>> from flax import nnx
+      >>> import jaxfp4.nnx
+      >>> q = jaxfp4.nnx.Dense4bit.from_linear(nnx.Linear(64, 8, rngs=nnx.Rngs(0)))
+    """
+    if not isinstance(linear, nnx.Linear):
+      raise ValueError(f"`linear` must be an nnx.Linear, got {type(linear).__name__}.")
+    if lora_rank and rngs is None:
+      raise ValueError("`rngs` is required to initialize LoRA adapters (lora_rank > 0).")
+    kernel = linear.kernel.get_value()
+    packed, state = dense.quantize_kernel(
+        kernel, quant_type=quant_type, blocksize=blocksize,
+        compress_statistics=compress_statistics, quant_storage=quant_storage)
+    bias = None if linear.bias is None else linear.bias.get_value()
+    return cls(linear.in_features, linear.out_features, use_bias=bias is not None,
+               dtype=linear.dtype, param_dtype=kernel.dtype,
+               bias_init=(lambda *_: bias), quantized=(packed, state),
+               lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+               implementation=implementation, rngs=rngs or nnx.Rngs(0))
+
+  def nbytes(self) -> int:
+    """Bytes of the stored 4-bit weight and its state (bias and adapters excluded)."""
+    w = self.weight.get_value()
+    return int(w.size * w.dtype.itemsize) + self.quant_state.get_value().nbytes()
+
+
+def merge_lora(module: nnx.Module) -> nnx.Module:
+  """Folds every ``Dense4bit``'s LoRA adapters into a re-quantized weight, in place.
+
+  ``W' = quantize(dequantize(W) + alpha/r * (A @ B).T)`` with the layer's own
+  format, block size, nesting and storage; the adapters are then removed.
+
+  Args:
+    module: any NNX module (the layers are found by graph traversal).
+
+  Returns:
+    ``module``, for chaining.
+
+  Example:
+    >>> from flax import nnx
+    >>> import jaxfp4.nnx
+    >>> layer = jaxfp4.nnx.Dense4bit(64, 8, lora_rank=2, rngs=nnx.Rngs(0))
+    >>> _ = jaxfp4.nnx.merge_lora(layer)
+    >>> layer.lora_rank
+    0
+  """
+  if not isinstance(module, nnx.Module):
+    raise ValueError(f"`module` must be an nnx.Module, got {type(module).__name__}.")
+  layers = [node for _, node in nnx.iter_graph(module) if isinstance(node, Dense4bit)]
+  for layer in {id(l): l for l in layers}.values():
+    if not layer.lora_rank:
+      continue
+    packed, state = layer.weight.get_value(), layer.quant_state.get_value()
+    w = dense.merged_weight(packed, state, layer.lora_a.get_value(), layer.lora_b.get_value(), layer.lora_scale)
+    packed, state = dense.requantize_like(w, state, packed)
+    layer.weight.set_value(packed)
+    layer.quant_state.set_value(state)
+    layer.set_lora(0)
+  return module
+
+
+def add_lora(
+    module: nnx.Module,
+    *,
+    rank: int,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    rngs: nnx.Rngs,
+    skip: Callable[[str, Dense4bit], bool] | None = None,
+) -> nnx.Module:
+  """Gives every ``Dense4bit`` in ``module`` fresh LoRA adapters, in place.
+
+  Use it after loading a 4-bit checkpoint to start QLoRA training.
+
+  Args:
+    module: any NNX module.
+    rank, alpha, dropout: the adapters' rank, scale numerator and input dropout.
+    rngs: random streams for ``A`` (and dropout).
+    skip: ``(path, layer) -> bool`` for layers to leave without adapters.
+
+  Returns:
+    ``module``.
+
+  Example:
+    >>> from flax import nnx
+    >>> import jaxfp4.nnx
+    >>> layer = jaxfp4.nnx.Dense4bit(64, 8, rngs=nnx.Rngs(0))
+    >>> _ = jaxfp4.nnx.add_lora(layer, rank=4, rngs=nnx.Rngs(1))
+    >>> layer.lora_a.shape
+    (64, 4)
+  """
+  if not isinstance(module, nnx.Module):
+    raise ValueError(f"`module` must be an nnx.Module, got {type(module).__name__}.")
+  dense.check_lora(rank, alpha, dropout)
+  seen = set()
+  for path, node in list(nnx.iter_graph(module)):
+    if isinstance(node, Dense4bit) and id(node) not in seen:
+      seen.add(id(node))
+      if skip is None or not skip(".".join(str(p) for p in path), node):
+        node.set_lora(rank, alpha=alpha, dropout=dropout, rngs=rngs)
+  return module

@@ -1,0 +1,140 @@
+"""Save and restore an NNX model, 4-bit weights and LoRA adapters included.
+
+The file is a plain safetensors file whose keys are the model's dotted variable
+paths. A ``Dense4bit`` at ``P`` is written as bitsandbytes writes a
+``Linear4bit`` (``P.weight`` plus its quant-state group, bnb_format.md §5), so
+tools that read bitsandbytes groups read these too. Random-number state
+(``nnx.RngState``) is not saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from jaxfp4._src.flax.nnx_dense import QuantizedWeight
+from jaxfp4._src.io import checkpoint
+from jaxfp4._src.io.safetensors import write_safetensors
+from jaxfp4._src.state import QuantState
+from jaxfp4._src.version import __version__
+
+FORMAT = "jaxfp4"
+
+
+def _variables(model: nnx.Module) -> Iterator[tuple[str, nnx.Variable]]:
+  seen = set()
+  for path, node in nnx.iter_graph(model):
+    if isinstance(node, nnx.Variable) and not isinstance(node, nnx.RngState) and id(node) not in seen:
+      seen.add(id(node))
+      yield ".".join(str(p) for p in path), node
+
+
+def _entries(model: nnx.Module) -> dict[str, tuple[str, nnx.Variable]]:
+  """Maps each variable to its key; a 4-bit (weight, quant_state) pair shares ``P.weight``."""
+  out = {}
+  for name, var in _variables(model):
+    value = var.get_value()
+    if isinstance(var, QuantizedWeight) and isinstance(value, QuantState):
+      parent = name.rsplit(".", 1)[0] if "." in name else ""
+      out[name] = ("state", f"{parent}.weight" if parent else "weight", var)
+    else:
+      out[name] = ("array", name, var)
+  return out
+
+
+def save_model(path: str | os.PathLike, model: nnx.Module, *,
+               metadata: Mapping[str, str] | None = None, progress: bool = True) -> Path:
+  """Writes every variable of ``model`` to a new safetensors file.
+
+  Args:
+    path: the new file (never overwritten).
+    model: an NNX module, e.g. a ``jaxfp4.models.llama`` model with LoRA.
+    metadata: extra string metadata.
+    progress: show a progress bar.
+
+  Returns:
+    The path written.
+
+  Example:
+    >>> jaxfp4.io.save_model("adapted.safetensors", model)     # doctest: +SKIP
+  """
+  if not isinstance(model, nnx.Module):
+    raise ValueError(f"`model` must be an nnx.Module, got {type(model).__name__}.")
+  entries = _entries(model)
+
+  def tensors():
+    for kind, key, var in tqdm(entries.values(), desc="save", unit="var", disable=not progress):
+      value = var.get_value()
+      if kind == "state":
+        yield from ((k, v) for k, v in checkpoint.tensor_group_4bit(key, np.zeros(0), value)
+                    if k != key)
+      else:
+        yield key, np.asarray(jax.device_get(value))
+
+  meta = {"format": FORMAT, "jaxfp4_version": __version__,
+          "variables": json.dumps({key: type(var).__name__ for kind, key, var in entries.values()
+                                   if kind == "array"})}
+  meta.update(metadata or {})
+  return write_safetensors(path, tensors(), metadata=meta)
+
+
+def load_model(path: str | os.PathLike, model: nnx.Module, *, progress: bool = True) -> nnx.Module:
+  """Restores ``model``'s variables from a file written by :func:`save_model`, in place.
+
+  ``model`` supplies the structure (build it as you did before saving, or with
+  ``nnx.eval_shape`` to avoid initializing). Every variable must be in the
+  file with the same shape and dtype, and the file may hold nothing else;
+  otherwise ValueError names the tensor.
+
+  Returns:
+    ``model``.
+  """
+  if not isinstance(model, nnx.Module):
+    raise ValueError(f"`model` must be an nnx.Module, got {type(model).__name__}.")
+  with checkpoint.Checkpoint(path) as ckpt:
+    used: set[str] = set()
+    entries = _entries(model)
+    for name, (kind, key, var) in tqdm(entries.items(), desc="load", unit="var", disable=not progress):
+      if kind == "state":
+        packed, state = ckpt.get_4bit(key)
+        check_state_like(key, state, var.get_value())
+        used.update(checkpoint.group_keys(key, ckpt.keys()))
+        var.set_value(state)
+      else:
+        if key not in ckpt:
+          raise ValueError(f"{path}: missing tensor {key!r} for the model's variable {name!r}.")
+        array = ckpt.get(key)
+        check_array_like(key, array, var.get_value())
+        used.add(key)
+        var.set_value(jnp.asarray(array))
+    extra = sorted(set(ckpt.keys()) - used)
+    if extra:
+      raise ValueError(f"{path}: tensors not in the model: {extra[:8]}{' ...' if len(extra) > 8 else ''}.")
+  return model
+
+
+def check_array_like(key: str, array: np.ndarray, like: Any) -> None:
+  """Raises ValueError naming ``key`` if ``array`` differs from ``like`` in shape or dtype."""
+  shape, dtype = tuple(jnp.shape(like)), jnp.dtype(like.dtype)
+  if tuple(array.shape) != shape:
+    raise ValueError(f"Tensor {key!r} has shape {tuple(array.shape)}, the model expects {shape}.")
+  if jnp.dtype(array.dtype) != dtype:
+    raise ValueError(f"Tensor {key!r} has dtype {array.dtype}, the model expects {dtype}.")
+
+
+def check_state_like(key: str, state: QuantState, like: QuantState) -> None:
+  """Raises ValueError naming ``key`` if two quant states describe different weights."""
+  for field in ("shape", "dtype", "quant_type", "blocksize", "nested"):
+    a, b = getattr(state, field), getattr(like, field)
+    if field == "shape":
+      a, b = tuple(a), tuple(b)
+    if a != b:
+      raise ValueError(f"Tensor {key!r}: {field} is {a!r} in the file, the model expects {b!r}.")

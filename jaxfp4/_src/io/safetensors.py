@@ -1,0 +1,220 @@
+"""A streaming safetensors reader and writer on plain NumPy.
+
+Format (huggingface/safetensors, docs "The format"): an unsigned 64-bit
+little-endian header length N, N bytes of UTF-8 JSON mapping each tensor name to
+``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the
+byte after the header) plus an optional ``"__metadata__"`` string map, then the
+tensor bytes, little-endian, row-major. Reading touches one tensor at a time, so
+memory stays bounded by the largest tensor; every offset is checked against the
+file size, so a truncated file fails naming the first tensor it cuts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+import ml_dtypes
+import numpy as np
+
+DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2), "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
+    "I64": np.dtype(np.int64), "I32": np.dtype(np.int32), "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8), "U64": np.dtype(np.uint64), "U32": np.dtype(np.uint32),
+    "U16": np.dtype(np.uint16), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
+}
+_CODES = {v: k for k, v in DTYPES.items()}
+_MAX_HEADER = 100 * 2**20  # the reference implementation's limit
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+  """Where a tensor lives in a safetensors file."""
+
+  name: str
+  dtype: np.dtype
+  shape: tuple[int, ...]
+  begin: int
+  end: int
+
+  @property
+  def nbytes(self) -> int:
+    return self.end - self.begin
+
+
+class SafetensorsFile:
+  """Reads tensors one at a time from a ``.safetensors`` file.
+
+  Args:
+    path: the file.
+
+  Example:
+    >>> with SafetensorsFile("model.safetensors") as f:   # doctest: +SKIP
+    ...   w = f.get("lm_head.weight")
+  """
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = Path(path)
+    if not self.path.is_file():
+      raise FileNotFoundError(f"No safetensors file at {str(self.path)!r}.")
+    self._file = open(self.path, "rb")
+    try:
+      self._read_header()
+    except BaseException:
+      self._file.close()
+      raise
+
+  def _read_header(self) -> None:
+    size = os.fstat(self._file.fileno()).st_size
+    head = self._file.read(8)
+    if len(head) < 8:
+      raise ValueError(f"{self.path}: not a safetensors file (shorter than its 8-byte header length).")
+    (n,) = struct.unpack("<Q", head)
+    if n > min(_MAX_HEADER, size - 8):
+      raise ValueError(f"{self.path}: header length {n} exceeds the file ({size} bytes); "
+                       "the file is truncated or not safetensors.")
+    try:
+      header = json.loads(self._file.read(n).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise ValueError(f"{self.path}: the header is not valid JSON ({e}).") from None
+    if not isinstance(header, dict):
+      raise ValueError(f"{self.path}: the header must be a JSON object.")
+    self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+    self._data_start = 8 + n
+    data_size = size - self._data_start
+    self._infos: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+      self._infos[name] = _parse_entry(self.path, name, entry, data_size)
+
+  def __enter__(self) -> "SafetensorsFile":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def close(self) -> None:
+    self._file.close()
+
+  def keys(self) -> list[str]:
+    return list(self._infos)
+
+  def __contains__(self, name: str) -> bool:
+    return name in self._infos
+
+  def info(self, name: str) -> TensorInfo:
+    if name not in self._infos:
+      raise KeyError(f"{self.path}: no tensor named {name!r}.")
+    return self._infos[name]
+
+  def get(self, name: str) -> np.ndarray:
+    """Reads one tensor into a fresh NumPy array."""
+    info = self.info(name)
+    self._file.seek(self._data_start + info.begin)
+    buf = self._file.read(info.nbytes)
+    if len(buf) != info.nbytes:
+      raise ValueError(f"{self.path}: tensor {name!r} is truncated.")
+    return np.frombuffer(buf, dtype=info.dtype.newbyteorder("<")).astype(info.dtype).reshape(info.shape)
+
+
+def _parse_entry(path: Path, name: str, entry, data_size: int) -> TensorInfo:
+  if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+    raise ValueError(f"{path}: tensor {name!r} has a malformed header entry {entry!r}.")
+  code = entry["dtype"]
+  if code not in DTYPES:
+    raise ValueError(f"{path}: tensor {name!r} has dtype {code!r}; supported: {sorted(DTYPES)}.")
+  shape, offsets = entry["shape"], entry["data_offsets"]
+  if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
+    raise ValueError(f"{path}: tensor {name!r} has a malformed shape {shape!r}.")
+  if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+          and 0 <= offsets[0] <= offsets[1]):
+    raise ValueError(f"{path}: tensor {name!r} has malformed data_offsets {offsets!r}.")
+  dtype = DTYPES[code]
+  if offsets[1] - offsets[0] != math.prod(shape) * dtype.itemsize:
+    raise ValueError(f"{path}: tensor {name!r} spans {offsets[1] - offsets[0]} bytes but "
+                     f"{code}{shape} needs {math.prod(shape) * dtype.itemsize}.")
+  if offsets[1] > data_size:
+    raise ValueError(f"{path}: the file is truncated: tensor {name!r} ends at byte {offsets[1]} of "
+                     f"the data section, which holds only {data_size} bytes.")
+  return TensorInfo(name, dtype, tuple(shape), offsets[0], offsets[1])
+
+
+def _code(name: str, a: np.ndarray) -> str:
+  dt = np.dtype(a.dtype)
+  if dt not in _CODES:
+    raise ValueError(f"Tensor {name!r} has dtype {dt}, which safetensors cannot store; "
+                     f"supported: {sorted(str(d) for d in _CODES)}.")
+  return _CODES[dt]
+
+
+def _check_new(path: Path) -> None:
+  if path.exists():
+    raise FileExistsError(f"{str(path)!r} exists; jaxfp4 never writes over an existing file.")
+
+
+def write_safetensors(
+    path: str | os.PathLike,
+    tensors: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]],
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+  """Writes tensors to a new safetensors file.
+
+  ``tensors`` may be a generator of ``(name, array)`` pairs: each array is
+  written and dropped before the next is produced, so memory stays bounded by
+  one tensor. The file appears under ``path`` only when complete.
+
+  Args:
+    path: the new file; an existing file is never replaced (FileExistsError).
+    tensors: a mapping or an iterable of ``(name, array)``.
+    metadata: string key/values for ``__metadata__``.
+
+  Returns:
+    The path written.
+  """
+  path = Path(path)
+  _check_new(path)
+  meta = dict(metadata or {})
+  if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+    raise ValueError("`metadata` must map str to str.")
+  items = tensors.items() if isinstance(tensors, Mapping) else tensors
+  header: dict[str, dict] = {}
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=path.parent, prefix=".jaxfp4-") as tmp:
+    data_path = Path(tmp) / "data"
+    offset = 0
+    with open(data_path, "wb") as data:
+      for name, array in _arrays(items):
+        if name in header or name == "__metadata__":
+          raise ValueError(f"Duplicate or reserved tensor name {name!r}.")
+        code = _code(name, array)
+        raw = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + len(raw)]}
+        data.write(raw)
+        offset += len(raw)
+    full = ({"__metadata__": meta} if meta else {}) | header
+    blob = json.dumps(full, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # 8-byte aligned data, as the reference writer does
+    out_tmp = Path(tmp) / "out"
+    with open(out_tmp, "wb") as out, open(data_path, "rb") as data:
+      out.write(struct.pack("<Q", len(blob)))
+      out.write(blob)
+      shutil.copyfileobj(data, out, 2**24)
+    _check_new(path)
+    os.link(out_tmp, path)  # fails rather than replace a file created meanwhile
+  return path
+
+
+def _arrays(items) -> Iterator[tuple[str, np.ndarray]]:
+  for name, array in items:
+    if not isinstance(name, str):
+      raise ValueError(f"Tensor names must be str, got {name!r}.")
+    yield name, np.asarray(array)

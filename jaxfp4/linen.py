@@ -1,0 +1,5 @@
+"""Flax Linen layers for 4-bit weights (the NNX versions are in ``jaxfp4.nnx``)."""
+
+from jaxfp4._src.flax.linen_dense import Dense4bit as Dense4bit
+
+__all__ = ("Dense4bit",)

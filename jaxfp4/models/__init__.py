@@ -1,0 +1,5 @@
+"""Models built on jaxfp4's 4-bit layers."""
+
+from jaxfp4.models import llama as llama
+
+__all__ = ("llama",)

@@ -1,0 +1,16 @@
+"""Flax NNX layers and model transforms for 4-bit weights.
+
+``Dense4bit`` is a 4-bit ``nnx.Linear`` (optionally with LoRA adapters),
+``quantize_model`` converts a model's linear layers, ``merge_lora`` folds
+trained adapters back into the 4-bit weights.
+"""
+
+from jaxfp4._src.flax.nnx_dense import Dense4bit as Dense4bit
+from jaxfp4._src.flax.nnx_dense import QuantizedWeight as QuantizedWeight
+from jaxfp4._src.flax.nnx_dense import add_lora as add_lora
+from jaxfp4._src.flax.nnx_dense import merge_lora as merge_lora
+from jaxfp4._src.flax.quantize_model import LayerReport as LayerReport
+from jaxfp4._src.flax.quantize_model import QuantizeReport as QuantizeReport
+from jaxfp4._src.flax.quantize_model import quantize_model as quantize_model
+
+__all__ = ("Dense4bit", "add_lora", "LayerReport", "QuantizeReport", "QuantizedWeight", "merge_lora", "quantize_model")
