@@ -648,5 +648,8 @@ def test_bad_input_shapes():
     jaxfp4.linen.Dense4bit(N, quant_type="int4").init(jax.random.key(0), jnp.ones((1, K)))
   linen = jaxfp4.linen.Dense4bit(N)
   variables = linen.init(jax.random.key(0), jnp.ones((1, K)))
-  with pytest.raises(ValueError, match=r"needs \(48, 64\)"):
+  with pytest.raises(ValueError, match="`x` must have last dim 128"):
     linen.apply(variables, jnp.ones((1, 64)))
+  wrong = {"params": variables["params"], "quantized": {"weight": packed, "quant_state": state}}
+  with pytest.raises(ValueError, match=r"quantized weight has shape \(48, 128\)"):
+    jaxfp4.linen.Dense4bit(K).apply(wrong, jnp.ones((1, K)))

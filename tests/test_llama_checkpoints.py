@@ -170,3 +170,21 @@ def test_truncated_checkpoint(tmp_path):
 def test_refuses_to_requantize(tmp_path):
   with pytest.raises(ValueError, match="already 4-bit"):
     llama.from_pretrained(TINY / "nf4_dq", quant_type="nf4", progress=False)
+
+
+def test_bf16_quant_storage_loads_the_same_model(tmp_path, ref):
+  """bnb_4bit_quant_storage="bfloat16" (FSDP-QLoRA) stores the same bytes viewed as bfloat16."""
+  import ml_dtypes
+
+  def as_bf16(tensors):
+    for k in list(tensors):
+      if k + ".quant_map" in tensors:  # a packed 4-bit weight
+        tensors[k] = tensors[k].reshape(-1).view(ml_dtypes.bfloat16).reshape(-1, 1)
+
+  path = _copy(tmp_path, "nf4_dq", as_bf16,
+               lambda c: c["quantization_config"].update(bnb_4bit_quant_storage="bfloat16"))
+  model = llama.from_pretrained(path, progress=False)
+  packed = model.model.layers[0].mlp.up_proj.weight.get_value()
+  assert packed.dtype == jnp.bfloat16 and packed.shape == (128 * 344 // 4, 1)
+  base = llama.from_pretrained(TINY / "nf4_dq", progress=False)
+  np.testing.assert_array_equal(_logits(model, ref["input_ids"]), _logits(base, ref["input_ids"]))

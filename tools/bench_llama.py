@@ -130,6 +130,7 @@ def main() -> None:
   p.add_argument("--routes", default="default,pallas", help="implementations to time for 4-bit decode")
   p.add_argument("--skip-qlora", action="store_true")
   p.add_argument("--skip-decode", action="store_true")
+  p.add_argument("--remat", action="store_true", help="gradient checkpointing in the QLoRA step")
   p.add_argument("--config", choices=("llama_1b", "tiny"), default="llama_1b")
   p.add_argument("--json", default=None)
   args = p.parse_args()
@@ -166,7 +167,8 @@ def main() -> None:
     del model
   if not args.skip_qlora:
     for variant in ("bf16_lora", "nf4_qlora", "nf4_dq_qlora"):
-      model = llama.LlamaForCausalLM(cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+      model = llama.LlamaForCausalLM(cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0),
+                                     remat=args.remat)
       if variant == "bf16_lora":
         for path, node in list(nnx.iter_graph(model)):
           if isinstance(node, nnx.Linear) and path[-1] != "lm_head":
@@ -179,7 +181,7 @@ def main() -> None:
                                   skip="lm_head", lora_rank=args.rank, rngs=nnx.Rngs(1))
       wbytes = state_nbytes(model)
       secs, memory, losses, adapter = qlora_step(model, args.seq, args.repeats)
-      row = dict(variant=variant, seq=args.seq, rank=args.rank, step_s=secs, model_bytes=wbytes,
+      row = dict(variant=variant, seq=args.seq, rank=args.rank, remat=args.remat, step_s=secs, model_bytes=wbytes,
                  adapter_bytes=adapter, memory=memory, losses=losses)
       out["qlora"].append(row)
       print(f"{variant}: step {secs * 1e3:.1f} ms, model {wbytes / 1e9:.3f} GB, "

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxfp4._src.flax import dense
+from jaxfp4._src.state import QuantState
 
 QUANTIZED = "quantized"
 
@@ -64,6 +65,9 @@ class Dense4bit(nn.Module):
     if self.has_variable(QUANTIZED, "weight"):
       packed = self.get_variable(QUANTIZED, "weight")
       state = self.get_variable(QUANTIZED, "quant_state")
+      if isinstance(state, QuantState) and in_features != state.shape[1]:
+        raise ValueError(f"Input `x` must have last dim {state.shape[1]} (in_features), got shape "
+                         f"{jnp.shape(x)}.")
     else:
       kernel = self.kernel_init(self.make_rng("params"), (in_features, self.features), self.param_dtype)
       packed, state = dense.quantize_kernel(

@@ -48,6 +48,7 @@ def from_pretrained(
     compress_statistics: bool = False,
     skip: Sequence[str] = ("lm_head",),
     implementation: str | None = None,
+    remat: bool = False,
     progress: bool = True,
 ) -> LlamaForCausalLM:
   """Loads a Hugging Face Llama directory (dense or bitsandbytes 4-bit).
@@ -62,6 +63,7 @@ def from_pretrained(
     blocksize, compress_statistics, skip: options for ``quant_type``; ``skip``
       names modules kept dense.
     implementation: ``matmul_4bit``'s implementation for the 4-bit layers.
+    remat: gradient checkpointing per decoder layer (for training).
     progress: show a progress bar.
 
   Returns:
@@ -105,7 +107,7 @@ def from_pretrained(
                         param_dtype=param_dtype, rngs=rngs)
 
     model = nnx.eval_shape(lambda: LlamaForCausalLM(
-        config, dtype=dtype, param_dtype=param_dtype, linear=linear, rngs=nnx.Rngs(0)))
+        config, dtype=dtype, param_dtype=param_dtype, linear=linear, rngs=nnx.Rngs(0), remat=remat))
 
     def quantizer(key, w):
       return quantize_4bit(jnp.asarray(w, param_dtype), quant_type=quant_type, blocksize=blocksize,

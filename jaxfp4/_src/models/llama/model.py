@@ -240,9 +240,11 @@ class LlamaDecoderLayer(nnx.Module):
 class LlamaModel(nnx.Module):
   """Embedding, decoder layers and the final norm (transformers' ``LlamaModel``)."""
 
-  def __init__(self, config: LlamaConfig, *, linear: LinearFactory, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
+  def __init__(self, config: LlamaConfig, *, linear: LinearFactory, dtype: Any, param_dtype: Any, rngs: nnx.Rngs,
+               remat: bool = False):
     self.config = config
     self.dtype = dtype
+    self.remat = remat
     self.embed_tokens = nnx.Embed(
         config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=param_dtype,
         embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
@@ -281,7 +283,14 @@ class LlamaModel(nnx.Module):
     cos, sin = rope_cos_sin(self.config, positions, self.dtype)
     cache_kv = None if cache is None else (cache.k, cache.v)
     for i, layer in enumerate(self.layers):
-      x, cache_kv = layer(x, cos, sin, mask=mask, cache_kv=cache_kv, layer=i, start=start)
+      if self.remat and cache is None:
+        # Gradient checkpointing: keep only each layer's input for the backward
+        # pass and recompute the rest (Chen et al. 2016), as QLoRA training does.
+        def run(layer, x, i=i):
+          return layer(x, cos, sin, mask=mask, cache_kv=None, layer=i, start=start)[0]
+        x = nnx.remat(run)(layer, x)
+      else:
+        x, cache_kv = layer(x, cos, sin, mask=mask, cache_kv=cache_kv, layer=i, start=start)
     x = self.norm(x)
     if cache is not None:
       cache = KVCache(cache_kv[0], cache_kv[1], cache.length + t)
@@ -300,6 +309,9 @@ class LlamaForCausalLM(nnx.Module):
       ``path`` is the HF module path, e.g. ``"model.layers.0.self_attn.q_proj"``
       or ``"lm_head"``. None builds ``nnx.Linear`` layers.
     rngs: random streams for the initial parameters.
+    remat: recompute each decoder layer in the backward pass (gradient
+      checkpointing) instead of keeping its activations; cached decoding is
+      unaffected.
   """
 
   def __init__(
@@ -310,6 +322,7 @@ class LlamaForCausalLM(nnx.Module):
       param_dtype: Any = jnp.float32,
       linear: LinearFactory | None = None,
       rngs: nnx.Rngs,
+      remat: bool = False,
   ):
     if not isinstance(config, LlamaConfig):
       raise ValueError(f"`config` must be a LlamaConfig, got {type(config).__name__}.")
@@ -322,7 +335,8 @@ class LlamaForCausalLM(nnx.Module):
                           param_dtype=param_dtype, rngs=rngs)
     self.config = config
     self.dtype = jnp.dtype(dtype)
-    self.model = LlamaModel(config, linear=linear, dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
+    self.model = LlamaModel(config, linear=linear, dtype=self.dtype, param_dtype=param_dtype, rngs=rngs,
+                            remat=remat)
     self.lm_head = (None if config.tie_word_embeddings
                     else linear("lm_head", config.hidden_size, config.vocab_size, False))
 
