@@ -241,3 +241,15 @@ def test_restore_rejects_extra_tensors(tmp_path):
   path = jaxfp4.io.save_model(tmp_path / "m.safetensors", _Model(nnx.Rngs(0)), progress=False)
   with pytest.raises(ValueError, match="not in the model"):
     jaxfp4.io.load_model(path, _Model(nnx.Rngs(0), rank=0), progress=False)
+
+
+def test_restore_rejects_a_dtype_mismatch(tmp_path):
+  path = jaxfp4.io.save_model(tmp_path / "m.safetensors", _Model(nnx.Rngs(0)), progress=False)
+
+  class Bf16Head(_Model):
+    def __init__(self, rngs):
+      super().__init__(rngs)
+      self.head = nnx.Linear(64, 8, param_dtype=jnp.bfloat16, rngs=rngs)
+
+  with pytest.raises(ValueError, match="'head.bias' has dtype float32, the model expects bfloat16"):
+    jaxfp4.io.load_model(path, Bf16Head(nnx.Rngs(0)), progress=False)
