@@ -6,6 +6,10 @@ Please use the names re-exported here; ``jaxfp4._src`` is not public API.
 from jaxfp4 import analysis as analysis
 from jaxfp4._src.formats import QUANT_TYPES as QUANT_TYPES
 from jaxfp4._src.matmul import matmul_4bit as matmul_4bit
+from jaxfp4._src.outlier_columns import OutlierColumns as OutlierColumns
+from jaxfp4._src.outlier_columns import dequantize_4bit_with_outliers as dequantize_4bit_with_outliers
+from jaxfp4._src.outlier_columns import quantize_4bit_with_outliers as quantize_4bit_with_outliers
+from jaxfp4._src.outlier_columns import select_outlier_columns as select_outlier_columns
 from jaxfp4._src.packing import pack_nibbles as pack_nibbles
 from jaxfp4._src.packing import unpack_nibbles as unpack_nibbles
 from jaxfp4._src.quantize import block_scales as block_scales
@@ -22,17 +26,21 @@ from jaxfp4._src.version import __version__ as __version__
 __all__ = (
     "QUANT_TYPES",
     "NestedState",
+    "OutlierColumns",
     "QuantState",
     "__version__",
     "analysis",
     "block_scales",
     "dequantize_4bit",
+    "dequantize_4bit_with_outliers",
     "dequantize_fp4",
     "dequantize_nf4",
     "matmul_4bit",
     "pack_nibbles",
     "quantize_4bit",
+    "quantize_4bit_with_outliers",
     "quantize_fp4",
     "quantize_nf4",
+    "select_outlier_columns",
     "unpack_nibbles",
 )

@@ -11,12 +11,14 @@ output gradient, so no activation is saved for it.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxfp4._src import formats
+from jaxfp4._src import outlier_columns as outliers_lib
 from jaxfp4._src import quantize as quantize_lib
 from jaxfp4._src.state import QuantState
 import pallas_kernels
@@ -139,6 +141,7 @@ def matmul_4bit(
     state: QuantState,
     *,
     bias: jax.typing.ArrayLike | None = None,
+    outliers: Any = None,
     implementation: str | None = None,
 ) -> jax.Array:
   """``x @ dequantize_4bit(packed, state).T + bias`` without widening the weight.
@@ -158,6 +161,10 @@ def matmul_4bit(
     packed: the packed bytes from :func:`quantize_4bit` (any ``quant_storage``).
     state: the weight's :class:`QuantState`, of shape ``(N, K)``.
     bias: optional ``[N]`` float bias.
+    outliers: optional :class:`jaxfp4.OutlierColumns` from
+      :func:`jaxfp4.quantize_4bit_with_outliers`: their product
+      ``x[..., index] @ values.T`` is added in float32 to the 4-bit product
+      (so the result is rounded twice; gradients flow through both parts).
     implementation: None (fused kernel on a GPU for small M, dequantize
       kernel + XLA GEMM for large M, jnp elsewhere), ``"xla"`` (pure jnp) or
       ``"pallas"`` (the fused kernel for every M: interpret mode off the GPU;
@@ -194,4 +201,7 @@ def matmul_4bit(
                        f"{bias.dtype} {tuple(bias.shape)}.")
   lead = x.shape[:-1]
   y = _matmul(x.reshape(-1, k), bias, data, state, implementation)
+  if outliers is not None:
+    outliers_lib.check_outliers(outliers, state)
+    y = (y.astype(jnp.float32) + outliers_lib.outlier_product(x.reshape(-1, k), outliers)).astype(x.dtype)
   return y.reshape(*lead, n)

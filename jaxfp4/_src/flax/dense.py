@@ -16,7 +16,8 @@ import jax.numpy as jnp
 
 from jaxfp4._src import formats
 from jaxfp4._src.matmul import matmul_4bit
-from jaxfp4._src.quantize import quantize_4bit
+from jaxfp4._src.outlier_columns import OutlierColumns, dequantize_4bit_with_outliers, quantize_4bit_with_outliers
+from jaxfp4._src.quantize import dequantize_4bit, quantize_4bit
 from jaxfp4._src.state import QuantState
 
 
@@ -48,12 +49,25 @@ def quantize_kernel(
     blocksize: int | None,
     compress_statistics: bool,
     quant_storage,
-) -> tuple[jax.Array, QuantState]:
-  """Quantizes a Flax ``[in, out]`` kernel as bitsandbytes' ``W[out, in]``."""
+    outlier_columns: int = 0,
+    calibration: jax.Array | None = None,
+) -> tuple[jax.Array, QuantState, OutlierColumns | None]:
+  """Quantizes a Flax ``[in, out]`` kernel as bitsandbytes' ``W[out, in]``.
+
+  With ``outlier_columns > 0`` that many input columns stay in the kernel's
+  dtype (chosen by weight magnitude, or by ``calibration`` inputs).
+  """
   if jnp.ndim(kernel) != 2:
     raise ValueError(f"`kernel` must be 2-D [in_features, out_features], got shape {jnp.shape(kernel)}.")
-  return quantize_4bit(jnp.asarray(kernel).T, quant_type=quant_type, blocksize=blocksize,
-                       compress_statistics=compress_statistics, quant_storage=quant_storage)
+  opts = dict(quant_type=quant_type, blocksize=blocksize, compress_statistics=compress_statistics,
+              quant_storage=quant_storage)
+  if outlier_columns:
+    return quantize_4bit_with_outliers(jnp.asarray(kernel).T, num_columns=outlier_columns,
+                                       activations=calibration, **opts)
+  if calibration is not None:
+    raise ValueError("`calibration` inputs are only used to choose outlier columns; set `outlier_columns`.")
+  packed, state = quantize_4bit(jnp.asarray(kernel).T, **opts)
+  return packed, state, None
 
 
 def check_quantized(packed: jax.Array, state: QuantState, in_features: int, out_features: int):
@@ -84,6 +98,7 @@ def dense_4bit(
     dropout: Callable[[jax.Array], jax.Array] | None,
     dtype,
     implementation: str | None,
+    outliers: OutlierColumns | None = None,
 ) -> jax.Array:
   """``x @ W.T + bias + scale * dropout(x) @ A @ B`` in the compute dtype."""
   x = jnp.asarray(x)
@@ -94,7 +109,7 @@ def dense_4bit(
     raise ValueError(f"The compute `dtype` must be one of {formats.INPUT_DTYPES}, got {dt}.")
   x = x.astype(dt)
   y = matmul_4bit(x, packed, state, bias=None if bias is None else bias.astype(dt),
-                  implementation=implementation)
+                  outliers=outliers, implementation=implementation)
   if lora_a is not None:
     h = x if dropout is None else dropout(x)
     delta = (h @ lora_a.astype(dt)) @ lora_b.astype(dt)
@@ -102,16 +117,24 @@ def dense_4bit(
   return y
 
 
-def merged_weight(packed: jax.Array, state: QuantState, lora_a, lora_b, lora_scale: float) -> jax.Array:
+def merged_weight(packed: jax.Array, state: QuantState, lora_a, lora_b, lora_scale: float,
+                  outliers: OutlierColumns | None = None) -> jax.Array:
   """float32 ``W[out, in] + scale * (A @ B).T``: the dense weight a merge re-quantizes."""
-  from jaxfp4._src.quantize import dequantize_4bit
-  w = dequantize_4bit(packed, state).astype(jnp.float32)
+  w = (dequantize_4bit(packed, state) if outliers is None
+       else dequantize_4bit_with_outliers(packed, state, outliers)).astype(jnp.float32)
   delta = jnp.matmul(lora_a.astype(jnp.float32), lora_b.astype(jnp.float32),
                      precision=jax.lax.Precision.HIGHEST)
   return w + lora_scale * delta.T
 
 
-def requantize_like(w: jax.Array, state: QuantState, packed: jax.Array) -> tuple[jax.Array, QuantState]:
-  """Quantizes ``w`` with the same format, block size, nesting and storage as ``state``."""
-  return quantize_4bit(w.astype(state.dtype), quant_type=state.quant_type, blocksize=state.blocksize,
-                       compress_statistics=state.nested, quant_storage=packed.dtype)
+def requantize_like(w: jax.Array, state: QuantState, packed: jax.Array,
+                    outliers: OutlierColumns | None = None):
+  """Quantizes ``w`` with the same format, block size, nesting, storage (and kept columns)."""
+  w = w.astype(state.dtype)
+  opts = dict(quant_type=state.quant_type, blocksize=state.blocksize,
+              compress_statistics=state.nested, quant_storage=packed.dtype)
+  if outliers is None:
+    return (*quantize_4bit(w, **opts), None)
+  kept = OutlierColumns(index=outliers.index, values=w[:, outliers.index].astype(outliers.values.dtype))
+  packed, state = quantize_4bit(w.at[:, outliers.index].set(jnp.zeros((), w.dtype)), **opts)
+  return packed, state, kept

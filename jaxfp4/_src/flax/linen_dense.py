@@ -70,7 +70,7 @@ class Dense4bit(nn.Module):
                          f"{jnp.shape(x)}.")
     else:
       kernel = self.kernel_init(self.make_rng("params"), (in_features, self.features), self.param_dtype)
-      packed, state = dense.quantize_kernel(
+      packed, state, _ = dense.quantize_kernel(
           kernel, quant_type=self.quant_type, blocksize=self.blocksize,
           compress_statistics=self.compress_statistics, quant_storage=self.quant_storage)
       self.put_variable(QUANTIZED, "weight", packed)
@@ -111,7 +111,7 @@ class Dense4bit(nn.Module):
     extra = set(params) - {"kernel", "bias"}
     if extra:
       raise ValueError(f"Unexpected keys in `params`: {sorted(extra)}; allowed: kernel, bias.")
-    packed, state = dense.quantize_kernel(
+    packed, state, _ = dense.quantize_kernel(
         params["kernel"], quant_type=quant_type, blocksize=blocksize,
         compress_statistics=compress_statistics, quant_storage=quant_storage)
     out: dict[str, Any] = {"params": {}, QUANTIZED: {"weight": packed, "quant_state": state}}

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxfp4._src.flax import dense
+from jaxfp4._src.outlier_columns import check_outliers
 from jaxfp4._src.state import QuantState
 
 default_kernel_init = nnx.initializers.lecun_normal()
@@ -51,8 +52,10 @@ class Dense4bit(nnx.Module):
     lora_alpha: LoRA scale numerator (scale = alpha / rank); None means rank.
     lora_dropout: dropout rate on the adapter input (off in ``eval()`` mode).
     lora_param_type: variable type of the adapters.
-    quantized: ``(packed, state)`` of an already quantized ``W[out, in]``; when
-      given, ``kernel_init`` is not called.
+    outlier_columns: input columns kept in ``param_dtype`` beside the 4-bit
+      weight (the largest by magnitude; see ``jaxfp4.quantize_4bit_with_outliers``).
+    quantized: ``(packed, state)`` or ``(packed, state, outliers)`` of an
+      already quantized ``W[out, in]``; when given, ``kernel_init`` is not called.
     implementation: ``matmul_4bit``'s implementation (None, "xla", "pallas").
     rngs: random streams (``params``; ``dropout`` when ``lora_dropout > 0``).
 
@@ -83,7 +86,8 @@ class Dense4bit(nnx.Module):
       lora_alpha: float | None = None,
       lora_dropout: float = 0.0,
       lora_param_type: type[nnx.Variable] = nnx.LoRAParam,
-      quantized: tuple[jax.Array, QuantState] | None = None,
+      outlier_columns: int = 0,
+      quantized: tuple | None = None,
       implementation: str | None = None,
       rngs: nnx.Rngs,
   ):
@@ -95,14 +99,18 @@ class Dense4bit(nnx.Module):
     self.implementation = implementation
     if quantized is None:
       kernel = kernel_init(rngs.params(), (in_features, out_features), param_dtype)
-      packed, state = dense.quantize_kernel(
+      packed, state, outliers = dense.quantize_kernel(
           kernel, quant_type=quant_type, blocksize=blocksize,
-          compress_statistics=compress_statistics, quant_storage=quant_storage)
+          compress_statistics=compress_statistics, quant_storage=quant_storage,
+          outlier_columns=outlier_columns)
     else:
-      packed, state = quantized
+      packed, state, outliers = (*quantized, None) if len(quantized) == 2 else quantized
       dense.check_quantized(packed, state, in_features, out_features)
+      if outliers is not None:
+        check_outliers(outliers, state)
     self.weight = QuantizedWeight(packed)
     self.quant_state = QuantizedWeight(state)
+    self.outliers = QuantizedWeight(outliers) if outliers is not None else None
     self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
     self.lora_rank, self.lora_alpha, self.lora_scale = 0, None, 0.0
     self.lora_a, self.lora_b, self.lora_dropout = nnx.data(None), nnx.data(None), nnx.data(None)
@@ -133,7 +141,8 @@ class Dense4bit(nnx.Module):
         lora_a=None if self.lora_a is None else self.lora_a.get_value(),
         lora_b=None if self.lora_b is None else self.lora_b.get_value(),
         lora_scale=self.lora_scale, dropout=self.lora_dropout, dtype=self.dtype,
-        implementation=self.implementation)
+        implementation=self.implementation,
+        outliers=None if self.outliers is None else self.outliers.get_value())
 
   @classmethod
   def from_linear(
@@ -147,12 +156,16 @@ class Dense4bit(nnx.Module):
       lora_rank: int = 0,
       lora_alpha: float | None = None,
       lora_dropout: float = 0.0,
+      outlier_columns: int = 0,
+      calibration: jax.Array | None = None,
       implementation: str | None = None,
       rngs: nnx.Rngs | None = None,
   ) -> "Dense4bit":
     """Quantizes an ``nnx.Linear`` (its kernel and bias are kept as they are).
 
-    ``rngs`` is needed only for LoRA adapters.
+    ``rngs`` is needed only for LoRA adapters. With ``outlier_columns``, that
+    many input columns stay in high precision, ranked by weight magnitude or,
+    given ``calibration`` inputs ``[..., in]``, by the output they produce.
 
     Example:
       >>> from flax import nnx
@@ -164,20 +177,22 @@ class Dense4bit(nnx.Module):
     if lora_rank and rngs is None:
       raise ValueError("`rngs` is required to initialize LoRA adapters (lora_rank > 0).")
     kernel = linear.kernel.get_value()
-    packed, state = dense.quantize_kernel(
+    quantized = dense.quantize_kernel(
         kernel, quant_type=quant_type, blocksize=blocksize,
-        compress_statistics=compress_statistics, quant_storage=quant_storage)
+        compress_statistics=compress_statistics, quant_storage=quant_storage,
+        outlier_columns=outlier_columns, calibration=calibration)
     bias = None if linear.bias is None else linear.bias.get_value()
     return cls(linear.in_features, linear.out_features, use_bias=bias is not None,
                dtype=linear.dtype, param_dtype=kernel.dtype,
-               bias_init=(lambda *_: bias), quantized=(packed, state),
+               bias_init=(lambda *_: bias), quantized=quantized,
                lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                implementation=implementation, rngs=rngs or nnx.Rngs(0))
 
   def nbytes(self) -> int:
-    """Bytes of the stored 4-bit weight and its state (bias and adapters excluded)."""
+    """Bytes of the stored 4-bit weight, its state and kept columns (bias and adapters excluded)."""
     w = self.weight.get_value()
-    return int(w.size * w.dtype.itemsize) + self.quant_state.get_value().nbytes()
+    extra = 0 if self.outliers is None else self.outliers.get_value().nbytes()
+    return int(w.size * w.dtype.itemsize) + self.quant_state.get_value().nbytes() + extra
 
 
 def merge_lora(module: nnx.Module) -> nnx.Module:
@@ -207,10 +222,14 @@ def merge_lora(module: nnx.Module) -> nnx.Module:
     if not layer.lora_rank:
       continue
     packed, state = layer.weight.get_value(), layer.quant_state.get_value()
-    w = dense.merged_weight(packed, state, layer.lora_a.get_value(), layer.lora_b.get_value(), layer.lora_scale)
-    packed, state = dense.requantize_like(w, state, packed)
+    outliers = None if layer.outliers is None else layer.outliers.get_value()
+    w = dense.merged_weight(packed, state, layer.lora_a.get_value(), layer.lora_b.get_value(),
+                            layer.lora_scale, outliers)
+    packed, state, outliers = dense.requantize_like(w, state, packed, outliers)
     layer.weight.set_value(packed)
     layer.quant_state.set_value(state)
+    if outliers is not None:
+      layer.outliers.set_value(outliers)
     layer.set_lora(0)
   return module
 

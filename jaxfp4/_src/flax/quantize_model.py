@@ -121,6 +121,7 @@ def quantize_model(
     lora_rank: int = 0,
     lora_alpha: float | None = None,
     lora_dropout: float = 0.0,
+    outlier_columns: int = 0,
     rngs: nnx.Rngs | None = None,
 ) -> QuantizeReport:
   """Replaces every ``nnx.Linear`` in ``model`` by a ``Dense4bit``, in place.
@@ -132,6 +133,8 @@ def quantize_model(
       of the dotted path (``"lm_head"``), globs on the whole path
       (``"layers.0.*"``), or a predicate ``(path, layer) -> bool``.
     lora_rank, lora_alpha, lora_dropout: adapters for every quantized layer.
+    outlier_columns: input columns per layer kept in high precision
+      (by weight magnitude; ``Dense4bit.from_linear`` also takes calibration inputs).
     rngs: random streams for the adapters (required when ``lora_rank > 0``).
 
   Returns:
@@ -166,7 +169,8 @@ def quantize_model(
       new = Dense4bit.from_linear(
           linear, quant_type=quant_type, blocksize=blocksize,
           compress_statistics=compress_statistics, quant_storage=quant_storage,
-          lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, rngs=rngs)
+          lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+          outlier_columns=outlier_columns, rngs=rngs)
       for path in paths:
         _replace(model, path, new)
       replaced[id(linear)] = new

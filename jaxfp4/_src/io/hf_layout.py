@@ -40,6 +40,8 @@ def _entries(model: nnx.Module) -> Iterator[tuple[str, str, nnx.Variable]]:
     key = f"{module}.weight" if module else "weight"
     if isinstance(node, nnx.LoRAParam):
       yield "lora", f"{module}.{leaf}", node
+    elif isinstance(node, QuantizedWeight) and leaf == "outliers":
+      yield "outliers", f"{module}.{leaf}", node
     elif isinstance(node, QuantizedWeight):
       yield ("state" if leaf == "quant_state" else "packed"), key, node
     elif leaf == "kernel":
@@ -73,6 +75,9 @@ def load_hf_weights(
     if kind == "lora":
       raise ValueError(f"The model has LoRA adapters ({key!r}); load the base model first, then "
                        "add adapters with jaxfp4.nnx.add_lora.")
+    if kind == "outliers":
+      raise ValueError(f"The model keeps outlier columns ({key!r}), which Hugging Face "
+                       "bitsandbytes checkpoints cannot hold; use jaxfp4.io.load_model.")
     if kind in ("packed", "state"):
       if key not in ckpt:
         raise ValueError(f"{ckpt.path}: missing tensor {key!r}.")
@@ -128,6 +133,9 @@ def hf_tensors(model: nnx.Module) -> Iterator[tuple[str, np.ndarray]]:
     if kind == "lora":
       raise ValueError(f"The model has LoRA adapters ({key!r}); fold them in with "
                        "jaxfp4.nnx.merge_lora first (Hugging Face checkpoints have no adapters).")
+    if kind == "outliers":
+      raise ValueError(f"The model keeps outlier columns ({key!r}), which bitsandbytes "
+                       "checkpoints cannot hold; save it with jaxfp4.io.save_model.")
     if kind == "state":
       yield from ((k, v) for k, v in checkpoint.tensor_group_4bit(key, np.zeros(0), value) if k != key)
     elif kind == "kernel":

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from jaxfp4._src.flax.nnx_dense import QuantizedWeight
 from jaxfp4._src.io import checkpoint
 from jaxfp4._src.io.safetensors import write_safetensors
+from jaxfp4._src.outlier_columns import OutlierColumns
 from jaxfp4._src.state import QuantState
 from jaxfp4._src.version import __version__
 
@@ -45,6 +46,8 @@ def _entries(model: nnx.Module) -> dict[str, tuple[str, nnx.Variable]]:
     if isinstance(var, QuantizedWeight) and isinstance(value, QuantState):
       parent = name.rsplit(".", 1)[0] if "." in name else ""
       out[name] = ("state", f"{parent}.weight" if parent else "weight", var)
+    elif isinstance(value, OutlierColumns):
+      out[name] = ("outliers", name, var)
     else:
       out[name] = ("array", name, var)
   return out
@@ -76,6 +79,9 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *,
       if kind == "state":
         yield from ((k, v) for k, v in checkpoint.tensor_group_4bit(key, np.zeros(0), value)
                     if k != key)
+      elif kind == "outliers":
+        yield key + ".index", np.asarray(jax.device_get(value.index))
+        yield key + ".values", np.asarray(jax.device_get(value.values))
       else:
         yield key, np.asarray(jax.device_get(value))
 
@@ -108,6 +114,16 @@ def load_model(path: str | os.PathLike, model: nnx.Module, *, progress: bool = T
         check_state_like(key, state, var.get_value())
         used.update(checkpoint.group_keys(key, ckpt.keys()))
         var.set_value(state)
+      elif kind == "outliers":
+        parts = {}
+        for field in ("index", "values"):
+          k = f"{key}.{field}"
+          if k not in ckpt:
+            raise ValueError(f"{path}: missing tensor {k!r} for the model's variable {name!r}.")
+          parts[field] = ckpt.get(k)
+          check_array_like(k, parts[field], getattr(var.get_value(), field))
+          used.add(k)
+        var.set_value(OutlierColumns(index=jnp.asarray(parts["index"]), values=jnp.asarray(parts["values"])))
       else:
         if key not in ckpt:
           raise ValueError(f"{path}: missing tensor {key!r} for the model's variable {name!r}.")
