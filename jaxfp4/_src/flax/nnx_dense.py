@@ -16,7 +16,6 @@ from flax import nnx
 
 from jaxfp4._src.flax import dense
 from jaxfp4._src.outlier_columns import check_outliers
-from jaxfp4._src.state import QuantState
 
 default_kernel_init = nnx.initializers.lecun_normal()
 # LoRA: A random, B zero, so a fresh adapter leaves the layer unchanged
