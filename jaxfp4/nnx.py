@@ -5,6 +5,8 @@
 trained adapters back into the 4-bit weights.
 """
 
+from jaxfp4._src.flax.fp4_dense import FP4Dense as FP4Dense
+from jaxfp4._src.flax.fp4_dense import convert_to_fp4 as convert_to_fp4
 from jaxfp4._src.flax.nnx_dense import Dense4bit as Dense4bit
 from jaxfp4._src.flax.nnx_dense import QuantizedWeight as QuantizedWeight
 from jaxfp4._src.flax.nnx_dense import add_lora as add_lora
@@ -13,4 +15,4 @@ from jaxfp4._src.flax.quantize_model import LayerReport as LayerReport
 from jaxfp4._src.flax.quantize_model import QuantizeReport as QuantizeReport
 from jaxfp4._src.flax.quantize_model import quantize_model as quantize_model
 
-__all__ = ("Dense4bit", "add_lora", "LayerReport", "QuantizeReport", "QuantizedWeight", "merge_lora", "quantize_model")
+__all__ = ("Dense4bit", "FP4Dense", "convert_to_fp4", "add_lora", "LayerReport", "QuantizeReport", "QuantizedWeight", "merge_lora", "quantize_model")

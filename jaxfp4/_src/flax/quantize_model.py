@@ -151,31 +151,43 @@ def quantize_model(
   if not isinstance(model, nnx.Module):
     raise ValueError(f"`model` must be an nnx.Module, got {type(model).__name__}.")
   match = _matcher(skip)
+  bytes_before = state_nbytes(model)
+  params = sum(math.prod(l.shape) for l in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
+
+  def make(name: str, linear: nnx.Linear):
+    if match(name, linear):
+      return None
+    return Dense4bit.from_linear(
+        linear, quant_type=quant_type, blocksize=blocksize,
+        compress_statistics=compress_statistics, quant_storage=quant_storage,
+        lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        outlier_columns=outlier_columns, rngs=rngs)
+
+  rows = [LayerReport(name, linear.in_features, linear.out_features, new is not None,
+                      state_nbytes(linear), state_nbytes(linear if new is None else new))
+          for name, linear, new in replace_linears(model, make)]
+  return QuantizeReport(tuple(rows), int(params), bytes_before, state_nbytes(model))
+
+
+def replace_linears(model: nnx.Module, make: Callable[[str, nnx.Linear], nnx.Module | None]):
+  """Replaces each ``nnx.Linear`` of ``model`` by ``make(path, layer)`` (None keeps it), in place.
+
+  Returns:
+    ``[(path, old layer, new layer or None)]`` in traversal order.
+  """
   found: dict[int, tuple[list, nnx.Linear]] = {}
   for path, node in nnx.iter_graph(model):
     if isinstance(node, nnx.Linear) and path:
       found.setdefault(id(node), ([], node))[0].append(path)
-  bytes_before = state_nbytes(model)
-  params = sum(math.prod(l.shape) for l in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
-  rows = []
-  replaced: dict[int, Dense4bit] = {}
+  out, replaced = [], {}
   for paths, linear in found.values():
     name = ".".join(str(k) for k in paths[0])
-    before = state_nbytes(linear)
-    keep = match(name, linear)
-    if keep:
-      after = before
-    else:
-      new = Dense4bit.from_linear(
-          linear, quant_type=quant_type, blocksize=blocksize,
-          compress_statistics=compress_statistics, quant_storage=quant_storage,
-          lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-          outlier_columns=outlier_columns, rngs=rngs)
+    new = make(name, linear)
+    if new is not None:
       for path in paths:
         _replace(model, path, new)
       replaced[id(linear)] = new
-      after = state_nbytes(new)
-    rows.append(LayerReport(name, linear.in_features, linear.out_features, not keep, before, after))
+    out.append((name, linear, new))
   # A layer shared at several paths stays shared. iter_graph yields a shared
   # node at its first path only; the next reference shows up once that one is
   # replaced. (`found` keeps every old layer alive, so the ids stay unique.)
@@ -183,7 +195,7 @@ def quantize_model(
                  if isinstance(n, nnx.Linear) and id(n) in replaced]:
     for path, linear in rest:
       _replace(model, path, replaced[id(linear)])
-  return QuantizeReport(tuple(rows), int(params), bytes_before, state_nbytes(model))
+  return out
 
 
 def _replace(model, path, new) -> None:
