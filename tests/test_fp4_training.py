@@ -93,7 +93,10 @@ def test_dge_recipe_scales_the_weight_gradient_by_the_slope():
   amax = np.abs(np.asarray(w)).max(axis=0, keepdims=True)
   u = np.asarray(w) * (np.float32(6) / amax)  # the layer's float32 order: the slope is steep
   slope = np.asarray(jaxfp4.training.dge_derivative(jnp.asarray(u, jnp.float32), quant_type="e2m1"))
-  np.testing.assert_allclose(np.asarray(gw), np.asarray(gw0) * slope, rtol=2e-6, atol=1e-7)
+  # u is recomputed here; one ulp of u moves the steep slope by ~1e-5 relative. On the
+  # GPU XLA's 6/amax is not correctly rounded: measured 1.1e-5 there, within 2e-6 on the CPU.
+  rtol = 2.5e-5 if jax.default_backend() == "gpu" else 2e-6
+  np.testing.assert_allclose(np.asarray(gw), np.asarray(gw0) * slope, rtol=rtol, atol=1e-7)
   assert slope.max() <= 3.0 and slope.min() > 0
 
 
