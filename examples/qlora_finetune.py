@@ -42,20 +42,15 @@ import dataclasses
 import datetime
 import json
 import math
-import os
 import platform
-import statistics
 import sys
 import sysconfig
 import time
-import zlib
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -68,9 +63,10 @@ import jaxfp4.io
 import jaxfp4.nnx
 from jaxfp4.models import llama
 
-DOMAIN = ("email", "json", "http", "urllib", "xml", "html", "xmlrpc", "wsgiref", "mailbox", "mimetypes",
-          "smtplib", "imaplib", "poplib", "ftplib", "nntplib")
-EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
+# examples/_stdlib_corpus.py: the corpus and the training loop, shared with fp4_pretrain.py.
+from _stdlib_corpus import (DOMAIN, History, eval_windows, load_corpus, make_config, moving_average, nbytes,
+                            train, train_offsets)
+
 VARIANTS = ("full", "lora", "qlora_nf4", "qlora_nf4_dq", "qlora_fp4")
 # The preset sets every size and schedule option; a flag given explicitly wins.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -86,77 +82,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 LABELS = {"full": "full {dt}", "lora": "{dt} LoRA", "qlora_nf4": "NF4 QLoRA",
           "qlora_nf4_dq": "NF4+DQ QLoRA", "qlora_fp4": "FP4 QLoRA"}
 SHORT_DTYPE = {"bfloat16": "bf16", "float32": "f32"}
-
-
-# ---------------------------------------------------------------- data
-
-
-@dataclasses.dataclass(frozen=True)
-class Corpus:
-  """Byte tokens of the four splits and what went into them."""
-
-  pretrain_train: np.ndarray
-  pretrain_eval: np.ndarray
-  domain_train: np.ndarray
-  domain_eval: np.ndarray
-  files: dict[str, list[str]]
-
-  def stats(self) -> dict[str, Any]:
-    return {name: {"files": len(self.files[name]), "bytes": int(getattr(self, name).size)}
-            for name in ("pretrain_train", "pretrain_eval", "domain_train", "domain_eval")}
-
-
-def list_sources(root: Path) -> list[str]:
-  """Sorted ``/``-separated relative paths of the ``.py`` files under ``root``."""
-  out = []
-  for d, dirs, files in os.walk(root):
-    # Pruning in place stops os.walk from descending into site-packages (large) and tests.
-    dirs[:] = sorted(x for x in dirs if x not in EXCLUDED_DIRS and not x.startswith("config-"))
-    rel = Path(d).relative_to(root)
-    out.extend((rel / f).as_posix() for f in files if f.endswith(".py"))
-  return sorted(out)
-
-
-def top_name(path: str) -> str:
-  """``email`` for ``email/utils.py``, ``mailbox`` for ``mailbox.py``."""
-  top = path.split("/", 1)[0]
-  return top[:-3] if top.endswith(".py") else top
-
-
-def load_corpus(root: Path, domain: Sequence[str]) -> Corpus:
-  """Reads and splits the standard library's sources (see the module docstring)."""
-  domain = set(domain)
-  files: dict[str, list[str]] = {k: [] for k in ("pretrain_train", "pretrain_eval", "domain_train", "domain_eval")}
-  for path in list_sources(root):
-    in_domain = top_name(path) in domain
-    held = zlib.crc32(path.encode()) % (5 if in_domain else 25) == 0
-    files[("domain" if in_domain else "pretrain") + ("_eval" if held else "_train")].append(path)
-  empty = [k for k, v in files.items() if not v]
-  if empty:
-    raise SystemExit(f"error: no .py files for {empty} under {root} with --domain {','.join(sorted(domain))}.")
-
-  def tokens(paths: list[str]) -> np.ndarray:
-    return np.frombuffer(b"".join((root / p).read_bytes() for p in paths), np.uint8)
-
-  return Corpus(**{k: tokens(v) for k, v in files.items()}, files=files)
-
-
-def train_offsets(n_tokens: int, seq_len: int, steps: int, batch: int, seed: int) -> np.ndarray:
-  """``[steps, batch]`` random window starts: every variant sees the same batches."""
-  if n_tokens < seq_len + 2:
-    raise SystemExit(f"error: a split of {n_tokens} bytes is shorter than one window of {seq_len + 1}.")
-  return np.random.default_rng(seed).integers(0, n_tokens - seq_len - 1, size=(steps, batch))
-
-
-def windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> np.ndarray:
-  """int32 ``[len(starts), seq_len + 1]``: inputs and their next-byte targets."""
-  return tokens[starts[:, None] + np.arange(seq_len + 1)[None, :]].astype(np.int32)
-
-
-def eval_windows(tokens: np.ndarray, n: int, seq_len: int) -> np.ndarray:
-  """``n`` evenly spaced windows over an eval split (fixed, so every eval sees the same bytes)."""
-  starts = np.linspace(0, tokens.size - seq_len - 1, n).astype(np.int64)
-  return windows(tokens, starts, seq_len)
 
 
 # ---------------------------------------------------------------- models
@@ -201,15 +126,6 @@ def add_dense_lora(model: nnx.Module, *, rank: int, alpha: float, rngs: nnx.Rngs
   return count
 
 
-def make_config(args: argparse.Namespace) -> llama.LlamaConfig:
-  """A byte-level Llama: vocabulary 256, no BOS/EOS (windows are cut mid-file anyway)."""
-  return llama.LlamaConfig(
-      vocab_size=256, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
-      num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-      rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=args.seq_len,
-      tie_word_embeddings=False, bos_token_id=None, eos_token_id=None)
-
-
 def load_pretrained(path: Path, config: llama.LlamaConfig, dtype: Any) -> llama.LlamaForCausalLM:
   """The saved pretrained model, read into an abstract skeleton (no random init)."""
   model = nnx.eval_shape(lambda: llama.LlamaForCausalLM(config, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
@@ -233,10 +149,6 @@ def build_variant(variant: str, path: Path, config: llama.LlamaConfig, dtype: An
   return model, nnx.LoRAParam
 
 
-def nbytes(tree: Any) -> int:
-  return int(sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(tree)))
-
-
 def weight_bytes(model: nnx.Module) -> dict[str, int]:
   """Bytes of the frozen or trained base weights (quantization state included, adapters not).
 
@@ -254,99 +166,6 @@ def weight_bytes(model: nnx.Module) -> dict[str, int]:
       linear += nbytes(nnx.state(node, nnx.Param))
   return {"total": nbytes(nnx.state(model, weights)), "linear": linear,
           "adapters": nbytes(nnx.state(model, nnx.LoRAParam))}
-
-
-# ---------------------------------------------------------------- training
-
-
-def token_nll(model: llama.LlamaForCausalLM, ids: jax.Array) -> jax.Array:
-  """float32 next-byte negative log-likelihood ``[B, T]`` of ``ids [B, T + 1]``."""
-  logits, _ = model(ids[:, :-1])
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
-
-
-def schedule(peak: float, steps: int) -> optax.Schedule:
-  """Linear warmup over 10% of the steps, cosine decay to 10% of ``peak``."""
-  warmup = max(1, steps // 10)
-  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(steps, warmup + 1), peak * 0.1)
-
-
-@dataclasses.dataclass
-class History:
-  """What one training run recorded."""
-
-  train_loss: list[float] = dataclasses.field(default_factory=list)
-  eval_steps: list[int] = dataclasses.field(default_factory=list)
-  eval_loss: list[float] = dataclasses.field(default_factory=list)
-  step_seconds: list[float] = dataclasses.field(default_factory=list)
-
-  def median_step_seconds(self) -> float:
-    # The first two calls include compilation (the second can still recompile for donated layouts).
-    times = self.step_seconds[2:] or self.step_seconds
-    return statistics.median(times)
-
-
-def train(
-    model: nnx.Module,
-    wrt: Any,
-    *,
-    tokens: np.ndarray,
-    offsets: np.ndarray,
-    seq_len: int,
-    lr: float,
-    eval_ids: np.ndarray,
-    eval_every: int,
-    desc: str,
-    progress: bool,
-) -> History:
-  """Trains the ``wrt`` variables of ``model`` in place with AdamW; evaluates every ``eval_every`` steps.
-
-  One jitted function is the whole step (forward, loss, gradient of ``wrt``,
-  clipping, AdamW update); the model and optimizer state go in and out as one
-  pytree, donated so a step needs no second copy of it.
-  """
-  steps = offsets.shape[0]
-  # weight_decay 0: the runs are short, and decaying frozen-base adapters toward 0 is not what we compare.
-  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule(lr, steps), b2=0.95, weight_decay=0.0))
-  # optax's bias correction mixes int32 and float32, which strict dtype promotion rejects.
-  with jax.numpy_dtype_promotion("standard"):
-    opt = nnx.Optimizer(model, tx, wrt=wrt)
-  graphdef, state = nnx.split((model, opt))
-
-  def step(state, ids):
-    m, o = nnx.merge(graphdef, state)
-    loss, grads = nnx.value_and_grad(lambda m: token_nll(m, ids).mean(), argnums=nnx.DiffState(0, wrt))(m)
-    with jax.numpy_dtype_promotion("standard"):
-      o.update(m, grads)
-    return nnx.state((m, o)), loss
-
-  def evaluate(state, ids):
-    m, _ = nnx.merge(graphdef, state)
-    return token_nll(m, ids).mean()
-
-  step_fn = jax.jit(step, donate_argnums=0)
-  eval_fn = jax.jit(evaluate)
-  eval_ids = jnp.asarray(eval_ids)
-  hist = History()
-  bar = tqdm(range(steps + 1), desc=desc, unit="step", disable=not progress, leave=False)
-  for i in bar:
-    if i % eval_every == 0 or i == steps:
-      hist.eval_steps.append(i)
-      hist.eval_loss.append(float(eval_fn(state, eval_ids)))
-    if i == steps:
-      break
-    ids = jnp.asarray(windows(tokens, offsets[i], seq_len))
-    t0 = time.perf_counter()
-    state, loss = step_fn(state, ids)
-    loss = float(loss)  # waits for the step: the timing covers the whole update
-    hist.step_seconds.append(time.perf_counter() - t0)
-    hist.train_loss.append(loss)
-    if not math.isfinite(loss):
-      raise FloatingPointError(f"{desc}: loss is {loss} at step {i}.")
-    bar.set_postfix(loss=f"{loss:.3f}", eval=f"{hist.eval_loss[-1]:.3f}")
-  nnx.update((model, opt), state)
-  return hist
 
 
 # ---------------------------------------------------------------- reporting
@@ -385,11 +204,10 @@ def plot(path: Path, pretrain: History, runs: dict[str, History], labels: dict[s
   import matplotlib.pyplot as plt
 
   fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
-  tl = np.asarray(pretrain.train_loss)
-  if tl.size:  # a reused model without recorded history has no curve
+  tl = pretrain.train_loss
+  if tl:  # a reused model without recorded history has no curve
     k = max(1, len(tl) // 30)  # a moving average keeps the noisy per-batch loss readable
-    smooth = np.convolve(tl, np.ones(k) / k, mode="valid")
-    ax0.plot(np.arange(k, len(tl) + 1), smooth, color="0.6", lw=1, label=f"train (mean of {k})")
+    ax0.plot(*moving_average(tl, k), color="0.6", lw=1, label=f"train (mean of {k})")
   ax0.plot(pretrain.eval_steps, pretrain.eval_loss, "o-", color="k", ms=3, lw=1.2, label="eval (held-out files)")
   ax0.set(title="pretraining (stdlib minus domain)", xlabel="step", ylabel="loss (nats / byte)")
   ax0.legend(fontsize=8)

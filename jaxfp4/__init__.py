@@ -4,6 +4,15 @@ Please use the names re-exported here; ``jaxfp4._src`` is not public API.
 """
 
 from jaxfp4 import analysis as analysis
+from jaxfp4._src.calibration.calibrate import calibrate as calibrate
+from jaxfp4._src.calibration.clipping import quantize_4bit_clipped as quantize_4bit_clipped
+from jaxfp4._src.calibration.clipping import search_clip as search_clip
+from jaxfp4._src.calibration.plan import PlanEntry as PlanEntry
+from jaxfp4._src.calibration.plan import PrecisionPlan as PrecisionPlan
+from jaxfp4._src.calibration.plan import plan_precision as plan_precision
+from jaxfp4._src.calibration.report import CalibrationReport as CalibrationReport
+from jaxfp4._src.calibration.report import CandidateResult as CandidateResult
+from jaxfp4._src.calibration.report import LayerCalibration as LayerCalibration
 from jaxfp4._src.formats import QUANT_TYPES as QUANT_TYPES
 from jaxfp4._src.matmul import matmul_4bit as matmul_4bit
 from jaxfp4._src.outlier_columns import OutlierColumns as OutlierColumns
@@ -25,22 +34,31 @@ from jaxfp4._src.version import __version__ as __version__
 
 __all__ = (
     "QUANT_TYPES",
+    "CalibrationReport",
+    "CandidateResult",
+    "LayerCalibration",
     "NestedState",
     "OutlierColumns",
+    "PlanEntry",
+    "PrecisionPlan",
     "QuantState",
     "__version__",
     "analysis",
     "block_scales",
+    "calibrate",
     "dequantize_4bit",
     "dequantize_4bit_with_outliers",
     "dequantize_fp4",
     "dequantize_nf4",
     "matmul_4bit",
     "pack_nibbles",
+    "plan_precision",
     "quantize_4bit",
+    "quantize_4bit_clipped",
     "quantize_4bit_with_outliers",
     "quantize_fp4",
     "quantize_nf4",
+    "search_clip",
     "select_outlier_columns",
     "unpack_nibbles",
 )

@@ -1,10 +1,14 @@
 """Flax NNX layers and model transforms for 4-bit weights.
 
 ``Dense4bit`` is a 4-bit ``nnx.Linear`` (optionally with LoRA adapters),
-``quantize_model`` converts a model's linear layers, ``merge_lora`` folds
-trained adapters back into the 4-bit weights.
+``quantize_model`` converts a model's linear layers (``record_linear_inputs``
+collects calibration inputs for its outlier columns; ``calibrate`` scores each
+layer's candidate formats for ``jaxfp4.plan_precision`` and
+``quantize_model(plan=...)``), ``merge_lora`` folds trained adapters back into
+the 4-bit weights.
 """
 
+from jaxfp4._src.calibration.calibrate import calibrate as calibrate
 from jaxfp4._src.flax.fp4_dense import FP4Dense as FP4Dense
 from jaxfp4._src.flax.fp4_dense import convert_to_fp4 as convert_to_fp4
 from jaxfp4._src.flax.nnx_dense import Dense4bit as Dense4bit
@@ -14,5 +18,7 @@ from jaxfp4._src.flax.nnx_dense import merge_lora as merge_lora
 from jaxfp4._src.flax.quantize_model import LayerReport as LayerReport
 from jaxfp4._src.flax.quantize_model import QuantizeReport as QuantizeReport
 from jaxfp4._src.flax.quantize_model import quantize_model as quantize_model
+from jaxfp4._src.flax.quantize_model import record_linear_inputs as record_linear_inputs
 
-__all__ = ("Dense4bit", "FP4Dense", "convert_to_fp4", "add_lora", "LayerReport", "QuantizeReport", "QuantizedWeight", "merge_lora", "quantize_model")
+__all__ = ("Dense4bit", "FP4Dense", "convert_to_fp4", "add_lora", "LayerReport", "QuantizeReport", "QuantizedWeight", "calibrate", "merge_lora", "quantize_model",
+           "record_linear_inputs")

@@ -17,6 +17,10 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 def _load(name: str) -> ModuleType:
   """Imports ``examples/<name>.py`` (the directory is not a package)."""
+  # The scripts import their shared module (examples/_stdlib_corpus.py) as a sibling, as they do
+  # when run as `python examples/<name>.py`.
+  if str(EXAMPLES) not in sys.path:
+    sys.path.insert(0, str(EXAMPLES))
   spec = importlib.util.spec_from_file_location(f"jaxfp4_example_{name}", EXAMPLES / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
@@ -34,6 +38,11 @@ def generate() -> ModuleType:
   return _load("generate")
 
 
+@pytest.fixture(scope="module")
+def fp4() -> ModuleType:
+  return _load("fp4_pretrain")
+
+
 def _png_size(path: Path) -> tuple[int, int]:
   data = path.read_bytes()[:24]
   assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG file"
@@ -48,7 +57,7 @@ TINY = ["--dtype", "float32", "--hidden-size", "64", "--intermediate-size", "64"
         "--lora-rank", "4", "--lora-alpha", "8", "--no-progress"]
 
 
-@pytest.mark.parametrize("name", ["qlora_finetune", "generate"])
+@pytest.mark.parametrize("name", ["qlora_finetune", "generate", "fp4_pretrain"])
 def test_help(name, capsys):
   module = _load(name)
   with pytest.raises(SystemExit) as e:
@@ -112,6 +121,78 @@ def test_qlora_finetune_usage_errors(qlora, capsys):
       qlora.main(argv)
     assert e.value.code == 2, argv
   assert "--variants must name" in capsys.readouterr().err
+
+
+# One layer, 64 wide, 32-byte windows, float32 compute (as TINY above): each variant compiles in 2-7 s.
+# Three variants: the dense baseline, the new STE recipe and one with stochastic rounding; the dge
+# and mxfp4 recipes train a Llama in tests/test_fp4_training.py.
+FP4_TINY = ["--dtype", "float32", "--hidden-size", "64", "--intermediate-size", "64", "--layers", "1", "--heads", "2",
+            "--kv-heads", "2", "--seq-len", "32", "--batch-size", "8", "--steps", "16", "--eval-every", "8",
+            "--eval-windows", "8", "--lr", "1e-2", "--variants", "nvfp4,ste,bf16", "--no-progress"]
+
+
+def test_fp4_pretrain_tiny_run(fp4, tmp_path, capsys):
+  out_dir = tmp_path / "run"
+  res = fp4.main([*FP4_TINY, "--out-dir", str(out_dir)])
+  printed = capsys.readouterr().out
+
+  rows = {r["variant"]: r for r in res["variants"]}
+  assert list(rows) == ["bf16", "ste", "nvfp4"]  # bf16 first: the gaps are relative to it
+  starts = set()
+  for name, r in rows.items():
+    hist = res["histories"][name]
+    assert r["diverged_at"] is None, name
+    assert hist["eval_steps"] == [0, 8, 16] and len(hist["train_loss"]) == 16
+    assert all(math.isfinite(x) for x in hist["eval_loss"] + hist["train_loss"]), name
+    # Byte-level start: ln(256) = 5.55 nats; 16 steps learn at least the byte frequencies.
+    assert hist["eval_loss"][-1] < hist["eval_loss"][0] - 1.0, name
+    assert sum(hist["train_loss"][-3:]) / 3 < hist["train_loss"][0] - 1.0, name
+    assert r["train_loss"] == pytest.approx(sum(hist["train_loss"][-2:]) / 2)  # the last 10% of 16 steps
+    assert r["step_s"] > 0 and isinstance(r["within_goal"], bool) == (name != "bf16")
+    starts.add(hist["eval_loss"][0])
+  # The same initial weights: the quantized forward moves the step-0 loss of each FP4 recipe.
+  assert len(starts) == len(rows)
+  assert rows["bf16"]["fp4_layers"] == 0 and rows["bf16"]["eval_gap"] == 0.0
+  # One block: its 7 linear layers are FP4, lm_head is not.
+  assert rows["ste"]["fp4_layers"] == rows["nvfp4"]["fp4_layers"] == 7
+  assert 0 < rows["nvfp4"]["fp4_param_share"] < 1
+  # Stochastic rounding drew one fresh key per FP4 layer and step (the counter left the jitted step).
+  assert rows["nvfp4"]["sr_key_draws"] == 7 * 16 and rows["ste"]["sr_key_draws"] is None
+  best = min((rows[v] for v in ("ste", "nvfp4")), key=lambda r: r["eval_gap"])
+  assert res["goal_within_2pct"] == (best["eval_gap"] <= 0.02)
+  assert res["compute_dtype"] == "float32" and res["param_dtype"] == "float32" and res["jax"]
+
+  written = json.loads((out_dir / "results.json").read_text())
+  assert [r["variant"] for r in written["variants"]] == ["bf16", "ste", "nvfp4"]
+  assert written["device"] and written["data"]["pretrain_eval"]["bytes"] > 0
+  assert _png_size(out_dir / "fp4_pretrain.png") == (1000, 380)
+  assert "Best FP4 recipe:" in printed and "NVFP4" in printed and "FP4 STE" in printed
+
+
+def test_fp4_pretrain_reports_a_diverged_recipe(fp4):
+  """A recipe whose loss went NaN is a row of the table that misses the goal, not a crash."""
+  rows = [{"variant": "bf16", "label": "bf16", "fp4_layers": 0, "step_s": 0.1, "step_ratio": 1.0, "train_loss": 2.0,
+           "eval_loss": 2.1, "bits_per_byte": 3.0, "train_gap": 0.0, "eval_gap": 0.0, "within_goal": None,
+           "diverged_at": None},
+          {"variant": "mxfp4", "label": "MXFP4", "fp4_layers": 7, "step_s": 0.2, "step_ratio": 2.0, "train_loss": None,
+           "eval_loss": None, "bits_per_byte": None, "train_gap": None, "eval_gap": None, "within_goal": False,
+           "diverged_at": 12}]
+  assert "MXFP4                 7    200.0         diverged at step 12" in fp4.results_table(rows)
+  assert fp4.verdict(rows) == ("Every FP4 recipe diverged. The goal (within 2%) DID NOT HOLD at this scale.", False)
+  ok = {**rows[0], "variant": "nvfp4", "label": "NVFP4", "eval_loss": 2.142, "eval_gap": 0.02}
+  line, held = fp4.verdict([*rows, ok])
+  assert held and line.startswith("Best FP4 recipe: NVFP4, final eval loss 2.1420 vs bf16 2.1000 (+2.00%)")
+
+
+def test_fp4_pretrain_usage_errors(fp4, capsys):
+  for argv in (["--variants", "bf16,fp8"], ["--steps", "0"], ["--layers", "2", "--keep-first", "1", "--keep-last", "1"],
+               ["--keep-last", "-1"]):
+    with pytest.raises(SystemExit) as e:
+      fp4.main(argv)
+    assert e.value.code == 2, argv
+  err = capsys.readouterr().err
+  assert "`--variants` must name some of bf16, ste, dge, nvfp4, mxfp4; got ['fp8']" in err
+  assert "leaves none of the 2 blocks" in err
 
 
 def test_generate_default_checkpoint(generate, tmp_path, capsys):

@@ -127,3 +127,61 @@ def test_bad_input(kwargs, match):
 def test_calibration_needs_outlier_columns():
   with pytest.raises(ValueError, match="`calibration`"):
     jaxfp4.nnx.Dense4bit.from_linear(nnx.Linear(64, 8, rngs=nnx.Rngs(0)), calibration=jnp.ones((2, 64)))
+
+
+class _Shared(nnx.Module):
+  """One ``nnx.Linear`` reachable at two paths, plus an ordinary one."""
+
+  def __init__(self):
+    self.a = nnx.Linear(256, 256, rngs=nnx.Rngs(0))
+    self.b = self.a
+    self.out = nnx.Linear(256, 48, rngs=nnx.Rngs(1))
+
+  def __call__(self, x):
+    return self.out(self.b(self.a(x)))
+
+
+def test_record_linear_inputs_and_restore():
+  model = _Shared()
+  layers = (model.a, model.out)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 5, 256)), jnp.float32)
+  with jaxfp4.nnx.record_linear_inputs(model) as inputs:
+    y = model(x)
+  assert sorted(inputs) == ["a", "out"]
+  assert len(inputs["a"]) == 2 and len(inputs["out"]) == 1  # the shared layer saw both calls
+  np.testing.assert_array_equal(np.asarray(inputs["a"][0]), np.asarray(x))
+  np.testing.assert_array_equal(np.asarray(inputs["out"][0]), np.asarray(model.a(model.a(x))))
+  assert (model.a, model.b, model.out) == (layers[0], layers[0], layers[1])
+  np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(y))
+  with pytest.raises(ValueError, match="eagerly"):
+    with jaxfp4.nnx.record_linear_inputs(model):
+      nnx.jit(lambda m, x: m(x))(model, x)
+  assert isinstance(model.a, nnx.Linear) and model.b is model.a and isinstance(model.out, nnx.Linear)
+
+
+def test_quantize_model_with_per_layer_calibration_and_counts():
+  rng = np.random.default_rng(1)
+  model = nnx.Sequential(nnx.Linear(256, 64, rngs=nnx.Rngs(0)), nnx.Linear(64, 32, rngs=nnx.Rngs(1)))
+  w = np.asarray(model.layers[0].kernel[...])
+  x = rng.standard_normal((32, 256)).astype(np.float32)
+  x[:, 13] *= 100.0  # a loud input feature, as LLM.int8's outlier features
+  magnitude = int(np.argmax(np.abs(w).max(axis=1)))
+  assert magnitude != 13
+  report = jaxfp4.nnx.quantize_model(
+      model, quant_type="nf4", calibration={"layers.0": jnp.asarray(x)},
+      outlier_columns=lambda path, layer: layer.in_features // 64)
+  assert report.num_quantized == 2
+  first, second = (l.outliers.get_value().index for l in model.layers)
+  assert 13 in np.asarray(first).tolist() and first.shape == (4,)
+  assert second.shape == (1,)  # no calibration for layers.1: ranked by weight magnitude
+  w2 = np.asarray(jaxfp4.dequantize_4bit_with_outliers(  # the kept column is exact
+      model.layers[0].weight.get_value(), model.layers[0].quant_state.get_value(), model.layers[0].outliers.get_value()))
+  np.testing.assert_array_equal(w2[:, 13], w[13, :])
+
+
+def test_quantize_model_calibration_must_name_linear_layers():
+  model = nnx.Sequential(nnx.Linear(64, 64, rngs=nnx.Rngs(0)))
+  with pytest.raises(ValueError, match="`calibration`.*'layers.7'"):
+    jaxfp4.nnx.quantize_model(model, outlier_columns=2, calibration={"layers.7": jnp.ones((2, 64))})
+  with pytest.raises(ValueError, match="`calibration`"):
+    jaxfp4.nnx.quantize_model(model, calibration={"layers.0": jnp.ones((2, 64))})  # no outlier_columns

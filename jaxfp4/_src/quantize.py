@@ -10,6 +10,7 @@ kernel or their pure-jnp reference.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -115,6 +116,26 @@ def quantize_4bit(
   if nonfinite == "raise":
     _check_finite(x)
 
+  packed, absmax, offset, absmax2, global_scale = _quantize_arrays(
+      x, key, quant_type=fmt.name, blocksize=bs, rounding=rounding, nonfinite=nonfinite,
+      implementation=implementation, compress_statistics=compress_statistics)
+  state2 = None if absmax2 is None else NestedState(absmax=absmax2)
+  state = QuantState(
+      absmax=absmax, shape=tuple(x.shape), dtype=jnp.dtype(x.dtype), blocksize=bs,
+      quant_type=fmt.name, code=fmt.code, offset=offset, state2=state2,
+      global_scale=global_scale)
+  return packing.to_storage(packed, storage), state
+
+
+# One compiled program per (shape, dtype, options): called eagerly, the quantizer
+# would otherwise dispatch (and compile) each of its dozens of ops separately.
+@functools.partial(jax.jit, static_argnames=(
+    "quant_type", "blocksize", "rounding", "nonfinite", "implementation", "compress_statistics"))
+def _quantize_arrays(x, key, *, quant_type, blocksize, rounding, nonfinite, implementation,
+                     compress_statistics):
+  """The array part of :func:`quantize_4bit`: packed bytes and the state's arrays."""
+  fmt = formats.get_format(quant_type)
+  bs = blocksize
   n = math.prod(x.shape)
   nb = -(-n // bs)
   flat = x.reshape(-1)
@@ -148,15 +169,10 @@ def quantize_4bit(
     absmax = jax.lax.bitcast_convert_type(stored, jnp.float8_e4m3fn)
   else:
     absmax = stored
-  offset = state2 = None
+  offset = absmax2 = None
   if compress_statistics:
     absmax, offset, absmax2 = double_quant.compress_absmax(absmax)
-    state2 = NestedState(absmax=absmax2)
-  state = QuantState(
-      absmax=absmax, shape=tuple(x.shape), dtype=jnp.dtype(x.dtype), blocksize=bs,
-      quant_type=fmt.name, code=fmt.code, offset=offset, state2=state2,
-      global_scale=global_scale)
-  return packing.to_storage(packed, storage), state
+  return packed, absmax, offset, absmax2, global_scale
 
 
 def decode_scale_bytes(raw: jax.Array, state: QuantState) -> jax.Array:

@@ -1,5 +1,6 @@
 """Models built on jaxfp4's 4-bit layers."""
 
+from jaxfp4.models import bert as bert
 from jaxfp4.models import llama as llama
 
-__all__ = ("llama",)
+__all__ = ("bert", "llama")

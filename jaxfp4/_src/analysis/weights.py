@@ -1,10 +1,9 @@
 """Reading the floating-point tensors of a ``.safetensors`` or ``.npz`` file one at a time.
 
 A checkpoint can be larger than memory, so tensors are listed from the file
-headers and loaded one by one: safetensors through ``safe_open`` (memory
-mapped; the ``"flax"`` framework because NumPy has no bfloat16), npz through
-the ``.npy`` headers inside the zip and ``np.load``'s lazy per-key access.
-safetensors is imported on first use, so ``import jaxfp4`` does not need it.
+headers and loaded one by one: safetensors through :class:`jaxfp4.io.SafetensorsFile`
+(bounds-checked, bfloat16 through ml_dtypes), npz through the ``.npy`` headers
+inside the zip and ``np.load``'s lazy per-key access.
 """
 
 from __future__ import annotations
@@ -16,6 +15,8 @@ from typing import Any, Collection, Iterator, NamedTuple
 
 import numpy as np
 
+from jaxfp4._src.io.safetensors import DTYPES, SafetensorsFile
+
 SUFFIXES = (".safetensors", ".npz")
 
 # safetensors dtype tags as NumPy dtype names; a tag not here (the float8
@@ -24,6 +25,7 @@ _ST_NAMES = {"F64": "float64", "F32": "float32", "BF16": "bfloat16", "F16": "flo
              "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
              "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8",
              "BOOL": "bool"}
+_ST_TAGS = {dtype: tag for tag, dtype in DTYPES.items()}
 _FLOATS = ("float64", "float32", "bfloat16", "float16")
 
 
@@ -51,19 +53,9 @@ def _check_path(path: str | os.PathLike) -> tuple[pathlib.Path, str]:
   return p, suffix
 
 
-def _safetensors():
-  import safetensors
-  return safetensors
-
-
 def _read_errors() -> tuple[type[BaseException], ...]:
   """Exceptions that mean the file itself is bad (not a bug in the caller)."""
-  errors: tuple[type[BaseException], ...] = (OSError, EOFError, ValueError,
-                                             zipfile.BadZipFile)
-  try:
-    return errors + (_safetensors().SafetensorError,)
-  except ImportError:  # reading an npz does not need safetensors
-    return errors
+  return (OSError, EOFError, ValueError, zipfile.BadZipFile)
 
 
 def _corrupt(p: pathlib.Path, e: BaseException) -> ValueError:
@@ -115,13 +107,12 @@ def list_tensors(path: str | os.PathLike) -> list[TensorInfo]:
   try:
     if suffix == ".npz":
       return _npz_infos(p)
-    with _safetensors().safe_open(str(p), framework="flax") as f:
+    with SafetensorsFile(p) as f:
       out = []
       for name in f.keys():
-        sl = f.get_slice(name)
-        tag = sl.get_dtype()
-        out.append(TensorInfo(name, tuple(int(s) for s in sl.get_shape()),
-                              _ST_NAMES.get(tag, tag)))
+        info = f.info(name)
+        tag = _ST_TAGS[info.dtype]
+        out.append(TensorInfo(name, info.shape, _ST_NAMES.get(tag, tag)))
       return out
   except _read_errors() as e:
     raise _corrupt(p, e) from e
@@ -175,10 +166,9 @@ def _iter_float_tensors(p: pathlib.Path, wanted: list[str]) -> Iterator[tuple[st
           yield name, (a.astype(np.float32) if a.dtype == np.float64 else a)
       return
     import jax.numpy as jnp  # deferred: listing a file needs no JAX
-    with _safetensors().safe_open(str(p), framework="flax") as f:
+    with SafetensorsFile(p) as f:
       for name in wanted:
-        a = f.get_tensor(name)
-        # With jax_enable_x64 off JAX already narrowed F64; with it on, we do.
-        yield name, (a.astype(jnp.float32) if a.dtype == jnp.float64 else a)
+        a = f.get(name)
+        yield name, jnp.asarray(a.astype(np.float32) if a.dtype == np.float64 else a)
   except _read_errors() as e:
     raise _corrupt(p, e) from e

@@ -1,4 +1,4 @@
-"""``jaxfp4`` command line: ``demo``, ``analyze``, ``bench``, ``quantize``, ``inspect``."""
+"""``jaxfp4`` command line: ``demo``, ``analyze``, ``bench``, ``quantize``, ``inspect``, ``plan``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from jaxfp4._src.cli import analyze as analyze_cmd
 from jaxfp4._src.cli import bench as bench_cmd
 from jaxfp4._src.cli import demo as demo_cmd
 from jaxfp4._src.cli import inspect as inspect_cmd
+from jaxfp4._src.cli import plan as plan_cmd
 from jaxfp4._src.cli import quantize as quantize_cmd
 from jaxfp4._src.version import __version__
 
-COMMANDS = (demo_cmd, analyze_cmd, bench_cmd, quantize_cmd, inspect_cmd)
+COMMANDS = (demo_cmd, analyze_cmd, bench_cmd, quantize_cmd, inspect_cmd, plan_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

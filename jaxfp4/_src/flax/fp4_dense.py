@@ -30,7 +30,8 @@ class FP4Dense(nnx.Module):
   Args:
     in_features, out_features, use_bias, dtype, param_dtype, kernel_init,
       bias_init: as for ``nnx.Linear``.
-    recipe: ``"nvfp4"``, ``"mxfp4"`` or ``"dge"`` (see ``jaxfp4.training``).
+    recipe: ``"nvfp4"``, ``"mxfp4"``, ``"dge"`` or ``"ste"`` (see
+      ``jaxfp4.training.fp4_matmul``), or a ``jaxfp4.training.Recipe``.
     rngs: random streams: ``params`` for the initial weights, ``quant`` (or the
       default stream) for the stochastic rounding of gradients, one key per call.
 
@@ -106,7 +107,7 @@ def convert_to_fp4(
 
   Args:
     model: any NNX module.
-    recipe: the FP4 training recipe.
+    recipe: the FP4 training recipe (as for :class:`FP4Dense`).
     skip: names or globs kept in high precision (the output head by default,
       as every FP4 recipe does).
     keep_first, keep_last: keep the linear layers of the first/last blocks in

@@ -6,10 +6,11 @@ precision; ``skip`` selects them by path pattern or predicate.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -121,7 +122,9 @@ def quantize_model(
     lora_rank: int = 0,
     lora_alpha: float | None = None,
     lora_dropout: float = 0.0,
-    outlier_columns: int = 0,
+    outlier_columns: int | Callable[[str, nnx.Linear], int] = 0,
+    calibration: Mapping[str, jax.typing.ArrayLike] | None = None,
+    plan: Any = None,
     rngs: nnx.Rngs | None = None,
 ) -> QuantizeReport:
   """Replaces every ``nnx.Linear`` in ``model`` by a ``Dense4bit``, in place.
@@ -133,8 +136,18 @@ def quantize_model(
       of the dotted path (``"lm_head"``), globs on the whole path
       (``"layers.0.*"``), or a predicate ``(path, layer) -> bool``.
     lora_rank, lora_alpha, lora_dropout: adapters for every quantized layer.
-    outlier_columns: input columns per layer kept in high precision
-      (by weight magnitude; ``Dense4bit.from_linear`` also takes calibration inputs).
+    outlier_columns: input columns per layer kept in high precision, or a
+      function ``(path, layer) -> int`` giving each layer its own count (for
+      example 1% of ``layer.in_features``).
+    calibration: per-layer inputs ``{path: [..., in_features]}`` that rank the
+      outlier columns of the named layers by the output they produce
+      (``jaxfp4.select_outlier_columns``); other layers rank by weight
+      magnitude. :func:`record_linear_inputs` collects them.
+    plan: a :class:`jaxfp4.PrecisionPlan` giving each layer its own format
+      (``jaxfp4.plan_precision``); the format options above are then not used.
+      Every linear layer not skipped must be in the plan, and every plan layer
+      in the model. ``bf16`` layers stay ``nnx.Linear`` with a bfloat16 kernel
+      (computed in their former dtype), ``fp32`` ones are left as they are.
     rngs: random streams for the adapters (required when ``lora_rank > 0``).
 
   Returns:
@@ -151,22 +164,157 @@ def quantize_model(
   if not isinstance(model, nnx.Module):
     raise ValueError(f"`model` must be an nnx.Module, got {type(model).__name__}.")
   match = _matcher(skip)
+  calibration = _check_calibration(model, calibration)
+  if plan is not None:
+    make_planned = _planned(model, plan, match, lora_rank=lora_rank, outlier_columns=outlier_columns,
+                            calibration=calibration)
   bytes_before = state_nbytes(model)
   params = sum(math.prod(l.shape) for l in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
 
   def make(name: str, linear: nnx.Linear):
     if match(name, linear):
       return None
+    if plan is not None:
+      return make_planned(name, linear)
+    columns = outlier_columns(name, linear) if callable(outlier_columns) else outlier_columns
     return Dense4bit.from_linear(
         linear, quant_type=quant_type, blocksize=blocksize,
         compress_statistics=compress_statistics, quant_storage=quant_storage,
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-        outlier_columns=outlier_columns, rngs=rngs)
+        outlier_columns=columns, calibration=calibration.get(name), rngs=rngs)
 
-  rows = [LayerReport(name, linear.in_features, linear.out_features, new is not None,
+  # A plan's bf16 layers are replaced too, but by an nnx.Linear: not 4-bit.
+  rows = [LayerReport(name, linear.in_features, linear.out_features, isinstance(new, Dense4bit),
                       state_nbytes(linear), state_nbytes(linear if new is None else new))
           for name, linear, new in replace_linears(model, make)]
   return QuantizeReport(tuple(rows), int(params), bytes_before, state_nbytes(model))
+
+
+def _planned(model: nnx.Module, plan, match: SkipFn, *, lora_rank, outlier_columns, calibration):
+  """``make(path, linear)`` for ``quantize_model(plan=...)``, after checking the plan against the model."""
+  from jaxfp4._src.calibration import candidates as cands  # calibration imports this module
+  from jaxfp4._src.calibration.plan import PrecisionPlan
+  if not isinstance(plan, PrecisionPlan):
+    raise ValueError(f"`plan` must be a jaxfp4.PrecisionPlan, got {type(plan).__name__}.")
+  if lora_rank or outlier_columns or calibration:
+    raise ValueError("`plan` sets each layer's format; it does not combine with `lora_rank`, "
+                     "`outlier_columns` or `calibration` (add adapters afterwards with jaxfp4.nnx.add_lora).")
+  entries = {e.path: e for e in plan.entries}
+  layers = {".".join(str(k) for k in p): n for p, n in nnx.iter_graph(model) if isinstance(n, nnx.Linear) and p}
+  missing = [p for p, l in layers.items() if p not in entries and not match(p, l)]
+  if missing:
+    raise ValueError(f"`plan` has no format for {len(missing)} linear layer(s) of the model: {missing[:8]}"
+                     f"{' ...' if len(missing) > 8 else ''}; add them to the plan or `skip` them.")
+  unknown = sorted(set(entries) - set(layers))
+  if unknown:
+    raise ValueError(f"`plan` names {len(unknown)} layer(s) the model does not have as nnx.Linear: "
+                     f"{unknown[:8]}; the model's linear layers are {list(layers)[:4]} ...")
+  for p, e in entries.items():
+    if e.params != layers[p].in_features * layers[p].out_features:
+      raise ValueError(f"`plan` was made for {p} with {e.params} weights; the model's has "
+                       f"{layers[p].in_features * layers[p].out_features}.")
+
+  def make(name: str, linear: nnx.Linear):
+    e = entries[name]
+    cand = cands.parse(e.candidate)
+    stored = cands.store(cand, linear.kernel.get_value(),
+                         input_rms=None if e.input_rms is None else jnp.asarray(e.input_rms, jnp.float32),
+                         clip=None if e.clip is None else jnp.asarray(e.clip, jnp.float32))
+    return cands.module_for(linear, stored)
+  return make
+
+
+def _linear_paths(model: nnx.Module) -> list[str]:
+  return [".".join(str(k) for k in p) for p, n in nnx.iter_graph(model) if isinstance(n, nnx.Linear) and p]
+
+
+def _check_calibration(model: nnx.Module, calibration) -> dict[str, Any]:
+  if calibration is None:
+    return {}
+  if not isinstance(calibration, Mapping):
+    raise ValueError(f"`calibration` must map layer paths to input arrays, got {type(calibration).__name__}.")
+  paths = _linear_paths(model)
+  unknown = sorted(set(calibration) - set(paths))
+  if unknown:
+    raise ValueError(f"`calibration` names layers the model does not have as nnx.Linear: {unknown[:4]}; "
+                     f"its linear layers are {paths[:4]}{' ...' if len(paths) > 4 else ''}.")
+  return dict(calibration)
+
+
+class _Recorder(nnx.Module):
+  """Stands in for an ``nnx.Linear``: hands each input to ``record``, then applies the layer."""
+
+  def __init__(self, linear: nnx.Linear, record: Callable[[jax.Array], None]):
+    self.linear = linear
+    self.record = record  # a plain function: static, not state
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    self.record(x)
+    return self.linear(x)
+
+
+@contextlib.contextmanager
+def record_linear_inputs(model: nnx.Module) -> Iterator[dict[str, list[jax.Array]]]:
+  """Collects the inputs of every ``nnx.Linear`` of ``model`` while the context is open.
+
+  The layers are swapped for recording stand-ins in place and put back on exit.
+  Run the model eagerly (not under ``jit``: recorded tracers would outlive their
+  trace). The inputs are recorded as the layers see them, padding positions
+  included; select the rows to keep before passing them to
+  ``quantize_model(calibration=...)``.
+
+  Args:
+    model: any NNX module.
+
+  Yields:
+    ``{path: [input, ...]}``, one list per linear layer (by the paths
+    ``quantize_model`` reports), filled as the model runs.
+
+  Example:
+    >>> from flax import nnx
+    >>> import jax.numpy as jnp
+    >>> import jaxfp4.nnx
+    >>> model = nnx.Sequential(nnx.Linear(64, 64, rngs=nnx.Rngs(0)), nnx.Linear(64, 8, rngs=nnx.Rngs(1)))
+    >>> with jaxfp4.nnx.record_linear_inputs(model) as inputs:
+    ...   _ = model(jnp.ones((4, 64)))
+    >>> calibration = {k: jnp.concatenate(v) for k, v in inputs.items()}
+    >>> _ = jaxfp4.nnx.quantize_model(model, outlier_columns=2, calibration=calibration)
+  """
+  if not isinstance(model, nnx.Module):
+    raise ValueError(f"`model` must be an nnx.Module, got {type(model).__name__}.")
+  inputs: dict[str, list[jax.Array]] = {}
+  recorders: dict[int, _Recorder] = {}
+  swapped: list[tuple[tuple, nnx.Linear]] = []
+
+  def recorder(name: str, linear: nnx.Linear) -> _Recorder:
+    sink = inputs.setdefault(name, [])
+
+    def record(x: jax.Array) -> None:
+      if isinstance(x, jax.core.Tracer):
+        raise ValueError(f"record_linear_inputs: layer {name!r} was called under a JAX transformation "
+                         "(jit, grad, vmap); call the model eagerly inside the context.")
+      sink.append(x)
+    return _Recorder(linear, record)
+
+  try:
+    # Find every path of every layer first, with plain placeholders (which graph
+    # traversal does not enter): iter_graph yields a shared layer at its first
+    # path only, and its next path shows up once that one is swapped.
+    while rest := [(p, n) for p, n in nnx.iter_graph(model) if isinstance(n, nnx.Linear) and p]:
+      for path, linear in rest:
+        if id(linear) not in recorders:
+          recorders[id(linear)] = recorder(".".join(str(k) for k in path), linear)
+        _replace(model, path, _PLACEHOLDER)
+        swapped.append((path, linear))
+    for path, linear in swapped:  # a shared layer gets one shared recorder
+      _replace(model, path, recorders[id(linear)])
+    yield inputs
+  finally:
+    for path, linear in reversed(swapped):
+      _replace(model, path, linear)
+
+
+_PLACEHOLDER = object()
 
 
 def replace_linears(model: nnx.Module, make: Callable[[str, nnx.Linear], nnx.Module | None]):

@@ -217,3 +217,8 @@ def bnb_quantization_config(*, quant_type: str, compress_statistics: bool, compu
       "llm_int8_skip_modules": skip_modules or None, "llm_int8_threshold": 6.0,
       "load_in_4bit": True, "load_in_8bit": False, "quant_method": "bitsandbytes",
   }
+
+
+def is_float_dtype(dt) -> bool:
+  """Whether ``dt`` is a floating dtype a checkpoint tensor may be cast between."""
+  return np.dtype(dt) in (np.float16, np.float32, np.float64, jnp.bfloat16)

@@ -130,10 +130,10 @@ def quantize_checkpoint(
           info = f.info(name)
           bytes_before += info.nbytes
           a = f.get(name)
-          if dtype != "auto" and _is_float(a.dtype):
+          if dtype != "auto" and checkpoint.is_float_dtype(a.dtype):
             a = a.astype(jnp.dtype(dtype))
           if name in targets:
-            if not _is_float(a.dtype) or a.dtype == np.float64:
+            if not checkpoint.is_float_dtype(a.dtype) or a.dtype == np.float64:
               raise ValueError(f"Tensor {name!r} has dtype {a.dtype}; only float16/bfloat16/float32 "
                                "weights can be quantized.")
             packed, state = quantize_4bit(jnp.asarray(a), quant_type=quant_type, blocksize=blocksize,
@@ -167,10 +167,6 @@ def quantize_checkpoint(
         "config.json", checkpoint.INDEX) and not (out_dir / extra.name).exists():
       shutil.copy2(extra, out_dir / extra.name)
   return ConvertReport(out_dir, tuple(quantized), tuple(kept), bytes_before, bytes_after)
-
-
-def _is_float(dt) -> bool:
-  return np.dtype(dt) in (np.float16, np.float32, np.float64, jnp.bfloat16)
 
 
 def _write_new(path: Path, text: str) -> None:

@@ -110,7 +110,8 @@ def load_hf_weights(
         raise ValueError(f"Tensor {key!r} must be 2-D [out, in], got shape {array.shape}.")
       array = array.T
     want = jnp.dtype(like.dtype)
-    if array.dtype != want and not (_is_float(array.dtype) and _is_float(want)):
+    castable = checkpoint.is_float_dtype(array.dtype) and checkpoint.is_float_dtype(want)
+    if array.dtype != want and not castable:
       raise ValueError(f"Tensor {key!r} has dtype {array.dtype}, the model expects {want}.")
     check_array_like(key, array.astype(want), like)
     used.add(key)
@@ -120,10 +121,6 @@ def load_hf_weights(
     raise ValueError(f"{ckpt.path}: tensors the model does not have: {extra[:8]}"
                      f"{' ...' if len(extra) > 8 else ''}.")
   return model
-
-
-def _is_float(dt) -> bool:
-  return np.dtype(dt) in (np.float16, np.float32, np.float64, jnp.bfloat16)
 
 
 def hf_tensors(model: nnx.Module) -> Iterator[tuple[str, np.ndarray]]:

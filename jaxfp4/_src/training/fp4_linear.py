@@ -1,6 +1,6 @@
 """FP4 training GEMMs: ``y = x @ W`` with the forward and backward GEMMs on FP4 operands.
 
-Three named recipes, each from its paper (fp4_training.md §2a, §2b):
+Four named recipes, each from its paper (fp4_training.md §2a, §2b):
 
 - ``"nvfp4"``: NVIDIA, "Pretraining LLMs with NVFP4" (arXiv 2509.25149, §4). Every
   GEMM has NVFP4 operands: E2M1 values, E4M3 scales per 16 elements plus an FP32
@@ -22,6 +22,11 @@ Three named recipes, each from its paper (fp4_training.md §2a, §2b):
   with the clamped residual added back in high precision. Weights are E2M1 per
   output channel. The weight gradient is scaled by the DGE slope (k = 5, capped
   at 3). The backward GEMMs stay in the compute dtype; the paper ran them in FP8.
+- ``"ste"``: the baseline Wang et al. compare DGE and OCC against (their Fig. 1
+  and ablations: FP4 cast directly, gradients straight through): the same FP4
+  forward as ``"dge"`` (E2M1 per token and per output channel) without outlier
+  clamping, and a plain straight-through estimator. The backward GEMMs stay in
+  the compute dtype.
 
 The quantizers are simulated (quantize, then dequantize, then a float32-accumulated
 dot), as in the papers' own code; no FP4 tensor cores are used.
@@ -52,6 +57,7 @@ class Recipe:
   forward: bool             # quantize the forward GEMM's operands
   backward: bool            # quantize both backward GEMMs' operands
   weight_tile: int          # 2D weight blocks (tile × tile), 0 for 1D blocks
+  per_channel: bool         # one scale per token / output channel (a block spanning K)
   rht: int                  # RHT block on the weight-gradient inputs, 0 for none
   rht_seed: int             # the fixed sign vector's seed
   stochastic_grads: bool    # stochastic rounding on gradients
@@ -62,12 +68,18 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "nvfp4": Recipe("nvfp4", "nvfp4", True, True, 16, 16, 0, True, 0.9375, False, None,
-                    "NVIDIA, arXiv 2509.25149 §4"),
-    "mxfp4": Recipe("mxfp4", "mxfp4", True, True, 0, 32, 0, True, 0.75, False, None,
-                    "NVIDIA, arXiv 2509.25149 §5; Tseng et al., arXiv 2502.20586"),
-    "dge": Recipe("dge", "e2m1", True, False, 0, 0, 0, False, 1.0, True, 0.99,
-                  "Wang et al., arXiv 2501.17116 §3"),
+    "nvfp4": Recipe("nvfp4", "nvfp4", forward=True, backward=True, weight_tile=16, per_channel=False, rht=16,
+                    rht_seed=0, stochastic_grads=True, sr_prescale=0.9375, dge=False, outlier_quantile=None,
+                    source="NVIDIA, arXiv 2509.25149 §4"),
+    "mxfp4": Recipe("mxfp4", "mxfp4", forward=True, backward=True, weight_tile=0, per_channel=False, rht=32,
+                    rht_seed=0, stochastic_grads=True, sr_prescale=0.75, dge=False, outlier_quantile=None,
+                    source="NVIDIA, arXiv 2509.25149 §5; Tseng et al., arXiv 2502.20586"),
+    "dge": Recipe("dge", "e2m1", forward=True, backward=False, weight_tile=0, per_channel=True, rht=0,
+                  rht_seed=0, stochastic_grads=False, sr_prescale=1.0, dge=True, outlier_quantile=0.99,
+                  source="Wang et al., arXiv 2501.17116 §3"),
+    "ste": Recipe("ste", "e2m1", forward=True, backward=False, weight_tile=0, per_channel=True, rht=0,
+                  rht_seed=0, stochastic_grads=False, sr_prescale=1.0, dge=False, outlier_quantile=None,
+                  source="Wang et al., arXiv 2501.17116 (direct-cast STE baseline)"),
 }
 
 
@@ -153,7 +165,7 @@ def _pow2_at_least(n: int) -> int:
 def _quantize_weight(w, r: Recipe):
   if r.weight_tile:
     return nvfp4_2d(w, r.weight_tile)
-  if r.dge:  # per output channel: one block spanning K (Wang et al. §2.2)
+  if r.per_channel:  # per output channel: one block spanning K (Wang et al. §2.2)
     return fake_quantize(w, quant_type=r.fmt, axis=0, blocksize=_pow2_at_least(w.shape[0]))
   return fake_quantize(w, quant_type=r.fmt, axis=0)
 
@@ -182,7 +194,7 @@ def _forward(x, w, key, r: Recipe):
     x_c = x
   if r.forward:
     xq = (fake_quantize(x_c, quant_type=r.fmt, axis=-1, blocksize=_pow2_at_least(x.shape[-1]))
-          if r.dge else _quantize(x_c, r, axis=-1))
+          if r.per_channel else _quantize(x_c, r, axis=-1))
     wq = _quantize_weight(w, r)
   else:
     xq, wq = x_c, w
@@ -237,7 +249,7 @@ def fp4_matmul(
   Args:
     x: ``[..., K]`` activations (float32, bfloat16 or float16).
     w: ``[K, N]`` weight (Flax's kernel layout), same float dtype as ``x``.
-    recipe: ``"nvfp4"``, ``"mxfp4"``, ``"dge"`` or a :class:`Recipe`.
+    recipe: ``"nvfp4"``, ``"mxfp4"``, ``"dge"``, ``"ste"`` or a :class:`Recipe`.
     key: PRNG key for the stochastic rounding of gradients (required by
       ``"nvfp4"`` and ``"mxfp4"``; use a fresh key per step).
 

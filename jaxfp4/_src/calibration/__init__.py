@@ -1,0 +1,1 @@
+"""Calibration, clipping search and per-layer precision plans (issue #7)."""
