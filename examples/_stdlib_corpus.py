@@ -272,6 +272,41 @@ def train(
 # ---------------------------------------------------------------- plotting
 
 
+# ---------------------------------------------------------------- command line
+
+# The model-size flags both training scripts take; each adds its own schedule flags.
+SIZE_FLAGS = (
+    ("--hidden-size", int, "model width"), ("--intermediate-size", int, "MLP width"),
+    ("--layers", int, "decoder layers"), ("--heads", int, "attention heads"),
+    ("--kv-heads", int, "key/value heads"), ("--seq-len", int, "tokens (bytes) per window"),
+    ("--batch-size", int, "windows per step"))
+
+
+def preset_parser(description: str, presets: dict[str, dict[str, Any]],
+                  flags: Sequence[tuple[str, type, str]]) -> argparse.ArgumentParser:
+  """A parser with ``--preset`` and one flag per preset value; a flag given explicitly wins."""
+  p = argparse.ArgumentParser(
+      description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="Size and schedule flags default to the preset's values:\n" + "\n".join(
+          f"  {name}: " + ", ".join(f"{k}={v}" for k, v in preset.items()) for name, preset in presets.items()))
+  p.add_argument("--preset", choices=sorted(presets), default="cpu", help="sizes and schedule (default: cpu)")
+  g = p.add_argument_group("model and schedule (default: the preset's)")
+  for flag, typ, text in flags:
+    g.add_argument(flag, type=typ, default=None, help=text)
+  return p
+
+
+def apply_preset(p: argparse.ArgumentParser, args: argparse.Namespace, presets: dict[str, dict[str, Any]],
+                 positive: Sequence[str]) -> None:
+  """Fills the flags left unset from ``--preset`` and rejects non-positive ``positive`` ones."""
+  for k, v in presets[args.preset].items():
+    if getattr(args, k) is None:
+      setattr(args, k, v)
+  for k in positive:
+    if getattr(args, k) <= 0:
+      p.error(f"--{k.replace('_', '-')} must be positive, got {getattr(args, k)}.")
+
+
 def moving_average(values: Sequence[float], k: int) -> tuple[np.ndarray, np.ndarray]:
   """``(steps, means)``: the mean of each ``k`` consecutive values, at the 1-based step ending it."""
   v = np.asarray(values, np.float64)

@@ -57,8 +57,8 @@ import jaxfp4.training
 from jaxfp4.models import llama
 
 # examples/_stdlib_corpus.py: the corpus and the training loop, shared with qlora_finetune.py.
-from _stdlib_corpus import (DOMAIN, History, NonFiniteLoss, eval_windows, load_corpus, make_config,
-                            moving_average, nbytes, train, train_offsets)
+from _stdlib_corpus import (DOMAIN, SIZE_FLAGS, History, NonFiniteLoss, apply_preset, eval_windows, load_corpus,
+                            make_config, moving_average, nbytes, preset_parser, train, train_offsets)
 
 VARIANTS = ("bf16", "ste", "dge", "nvfp4", "mxfp4")
 RECIPES = VARIANTS[1:]
@@ -220,20 +220,10 @@ def plot(path: Path, runs: dict[str, History], labels: dict[str, str], title: st
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog="Size and schedule flags default to the preset's values:\n" + "\n".join(
-          f"  {name}: " + ", ".join(f"{k}={v}" for k, v in preset.items()) for name, preset in PRESETS.items()))
-  p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="sizes and schedule (default: cpu)")
-  g = p.add_argument_group("model and schedule (default: the preset's)")
-  for flag, typ, text in (
-      ("--hidden-size", int, "model width"), ("--intermediate-size", int, "MLP width"),
-      ("--layers", int, "decoder layers"), ("--heads", int, "attention heads"),
-      ("--kv-heads", int, "key/value heads"), ("--seq-len", int, "tokens (bytes) per window"),
-      ("--batch-size", int, "windows per step"), ("--steps", int, "training steps of every variant"),
+  p = preset_parser(__doc__.split("\n\n")[0], PRESETS, SIZE_FLAGS + (
+      ("--steps", int, "training steps of every variant"),
       ("--eval-every", int, "steps between evaluations"), ("--eval-windows", int, "windows per evaluation"),
-      ("--lr", float, "peak learning rate (all variants)")):
-    g.add_argument(flag, type=typ, default=None, help=text)
+      ("--lr", float, "peak learning rate (all variants)")))
   p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
   p.add_argument("--keep-first", type=int, default=0,
                  help="decoder blocks at the start kept in --dtype in the FP4 variants (default 0)")
@@ -247,13 +237,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--out-dir", type=Path, default=Path("fp4_out"), help="where results go (default fp4_out)")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
   args = p.parse_args(argv)
-  for k, v in PRESETS[args.preset].items():
-    if getattr(args, k) is None:
-      setattr(args, k, v)
-  for k in ("hidden_size", "intermediate_size", "layers", "heads", "kv_heads", "seq_len", "batch_size", "steps",
-            "eval_every", "eval_windows"):
-    if getattr(args, k) <= 0:
-      p.error(f"--{k.replace('_', '-')} must be positive, got {getattr(args, k)}.")
+  apply_preset(p, args, PRESETS, ("hidden_size", "intermediate_size", "layers", "heads", "kv_heads", "seq_len",
+                                   "batch_size", "steps", "eval_every", "eval_windows"))
   if not args.lr > 0:
     p.error(f"--lr must be positive, got {args.lr}.")
   for k in ("keep_first", "keep_last"):

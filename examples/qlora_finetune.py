@@ -1,20 +1,8 @@
 """QLoRA on a byte-level Llama: pretrain on the Python standard library, fine-tune on a held-out domain.
 
-The text is the ``.py`` sources of the running interpreter's standard library
-(``sysconfig.get_paths()["stdlib"]``), so every machine has it offline. Files
-are read in sorted order, one byte is one token (vocabulary 256, no specials).
-
-* Held-out domain (``--domain``): the Internet-protocol and data-format
-  packages and modules (``email``, ``json``, ``http``, ``urllib``, ``xml``,
-  ``html``, ``xmlrpc``, ``wsgiref``, ``mailbox``, ``mimetypes``, ``smtplib``,
-  ``imaplib``, ``poplib``, ``ftplib``, ``nntplib``): MIME headers, RFC
-  grammars, markup and wire formats, code unlike the rest of the library.
-* Pretraining text: every other ``.py`` file, except ``site-packages``,
-  ``test``/``tests``/``idle_test`` directories (Linux distributions often ship
-  them separately, so leaving them out keeps the corpus the same).
-* Evaluation files: a file goes to the eval split when ``crc32(path) % 5 == 0``
-  (domain) or ``% 25 == 0`` (pretraining), so the split does not move when
-  another Python version adds or drops files.
+The text is the byte-level ``.py`` sources of the running interpreter's standard
+library; ``_stdlib_corpus.py`` describes the held-out domain (``--domain``), the
+pretraining text and the evaluation split.
 
 A small Llama (``jaxfp4.models.llama``) is pretrained on the pretraining text
 and saved with ``jaxfp4.io.save_model``. Five fine-tunes then start from the
@@ -64,8 +52,8 @@ import jaxfp4.nnx
 from jaxfp4.models import llama
 
 # examples/_stdlib_corpus.py: the corpus and the training loop, shared with fp4_pretrain.py.
-from _stdlib_corpus import (DOMAIN, History, eval_windows, load_corpus, make_config, moving_average, nbytes,
-                            train, train_offsets)
+from _stdlib_corpus import (DOMAIN, SIZE_FLAGS, History, apply_preset, eval_windows, load_corpus, make_config,
+                            moving_average, nbytes, preset_parser, train, train_offsets)
 
 VARIANTS = ("full", "lora", "qlora_nf4", "qlora_nf4_dq", "qlora_fp4")
 # The preset sets every size and schedule option; a flag given explicitly wins.
@@ -228,23 +216,13 @@ def plot(path: Path, pretrain: History, runs: dict[str, History], labels: dict[s
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog="Size and schedule flags default to the preset's values:\n" + "\n".join(
-          f"  {name}: " + ", ".join(f"{k}={v}" for k, v in preset.items()) for name, preset in PRESETS.items()))
-  p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="sizes and schedule (default: cpu)")
-  g = p.add_argument_group("model and schedule (default: the preset's)")
-  for flag, typ, text in (
-      ("--hidden-size", int, "model width"), ("--intermediate-size", int, "MLP width"),
-      ("--layers", int, "decoder layers"), ("--heads", int, "attention heads"),
-      ("--kv-heads", int, "key/value heads"), ("--seq-len", int, "tokens (bytes) per window"),
-      ("--batch-size", int, "windows per step"), ("--pretrain-steps", int, "pretraining steps"),
+  p = preset_parser(__doc__.split("\n\n")[0], PRESETS, SIZE_FLAGS + (
+      ("--pretrain-steps", int, "pretraining steps"),
       ("--finetune-steps", int, "steps of every fine-tuning variant"),
       ("--eval-every", int, "steps between evaluations"), ("--eval-windows", int, "windows per evaluation"),
       ("--pretrain-lr", float, "peak pretraining learning rate"),
       ("--finetune-lr", float, "peak fine-tuning learning rate (all variants)"),
-      ("--lora-rank", int, "adapter rank"), ("--lora-alpha", float, "adapter scale numerator (scale alpha/rank)")):
-    g.add_argument(flag, type=typ, default=None, help=text)
+      ("--lora-rank", int, "adapter rank"), ("--lora-alpha", float, "adapter scale numerator (scale alpha/rank)")))
   p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
                  help="parameter and compute dtype of the dense model (default bfloat16; measured faster "
                       "than float32 on a 2-core CPU too)")
@@ -258,13 +236,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--out-dir", type=Path, default=Path("qlora_out"), help="where results go (default qlora_out)")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
   args = p.parse_args(argv)
-  for k, v in PRESETS[args.preset].items():
-    if getattr(args, k) is None:
-      setattr(args, k, v)
-  for k in ("hidden_size", "intermediate_size", "layers", "heads", "kv_heads", "seq_len", "batch_size",
-            "eval_every", "eval_windows", "lora_rank"):
-    if getattr(args, k) <= 0:
-      p.error(f"--{k.replace('_', '-')} must be positive, got {getattr(args, k)}.")
+  apply_preset(p, args, PRESETS, ("hidden_size", "intermediate_size", "layers", "heads", "kv_heads", "seq_len",
+                                   "batch_size", "eval_every", "eval_windows", "lora_rank"))
   for k in ("pretrain_steps", "finetune_steps"):
     if getattr(args, k) < (0 if k == "pretrain_steps" else 1):
       p.error(f"--{k.replace('_', '-')} must be {'>= 0' if k == 'pretrain_steps' else 'positive'}.")

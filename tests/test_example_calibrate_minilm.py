@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests._examples import load_example
 from tests.test_example_minilm import CALIBRATION, SENTENCES, model_dir  # noqa: F401  (model_dir: a fixture)
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "calibrate_minilm.py"
 
 
 @pytest.fixture(scope="module")
 def example() -> ModuleType:
-  spec = importlib.util.spec_from_file_location("jaxfp4_example_calibrate_minilm", EXAMPLE)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  return module
+  return load_example("calibrate_minilm")
 
 
 def test_help(example, capsys):
@@ -63,11 +56,7 @@ def test_tiny_run(example, model_dir, tmp_path):  # noqa: F811
 
 
 def test_llama_example_help(capsys):
-  path = EXAMPLE.parent / "calibrate_llama.py"
-  spec = importlib.util.spec_from_file_location("jaxfp4_example_calibrate_llama", path)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
+  module = load_example("calibrate_llama")
   with pytest.raises(SystemExit) as e:
     module.main(["--help"])
   assert e.value.code == 0 and "pretrained" in capsys.readouterr().out

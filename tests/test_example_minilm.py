@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -13,7 +12,8 @@ from types import ModuleType
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quantize_minilm.py"
+from tests._examples import load_example
+
 TINY = Path(__file__).parent / "data" / "minilm" / "bert_tiny"
 
 SENTENCES = """# three topics of four
@@ -41,11 +41,7 @@ the old bridge is long
 
 @pytest.fixture(scope="module")
 def example() -> ModuleType:
-  spec = importlib.util.spec_from_file_location("jaxfp4_example_quantize_minilm", EXAMPLE)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  return module
+  return load_example("quantize_minilm")
 
 
 @pytest.fixture(scope="module")

@@ -2,45 +2,30 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import struct
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name: str) -> ModuleType:
-  """Imports ``examples/<name>.py`` (the directory is not a package)."""
-  # The scripts import their shared module (examples/_stdlib_corpus.py) as a sibling, as they do
-  # when run as `python examples/<name>.py`.
-  if str(EXAMPLES) not in sys.path:
-    sys.path.insert(0, str(EXAMPLES))
-  spec = importlib.util.spec_from_file_location(f"jaxfp4_example_{name}", EXAMPLES / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-  spec.loader.exec_module(module)
-  return module
+from tests._examples import load_example
 
 
 @pytest.fixture(scope="module")
 def qlora() -> ModuleType:
-  return _load("qlora_finetune")
+  return load_example("qlora_finetune")
 
 
 @pytest.fixture(scope="module")
 def generate() -> ModuleType:
-  return _load("generate")
+  return load_example("generate")
 
 
 @pytest.fixture(scope="module")
 def fp4() -> ModuleType:
-  return _load("fp4_pretrain")
+  return load_example("fp4_pretrain")
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -59,7 +44,7 @@ TINY = ["--dtype", "float32", "--hidden-size", "64", "--intermediate-size", "64"
 
 @pytest.mark.parametrize("name", ["qlora_finetune", "generate", "fp4_pretrain"])
 def test_help(name, capsys):
-  module = _load(name)
+  module = load_example(name)
   with pytest.raises(SystemExit) as e:
     module.main(["--help"])
   assert e.value.code == 0

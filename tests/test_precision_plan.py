@@ -6,7 +6,6 @@ import doctest
 import itertools
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,17 +16,9 @@ import jaxfp4.nnx
 from jaxfp4._src.calibration import plan as plan_module
 from jaxfp4._src.calibration.plan import solve_knapsack
 from jaxfp4._src.cli.main import main
+from tests.test_calibration import batches, mlp
 
 FORMATS = ("nf4", "nf4+dq", "nf4+clip", "bf16")
-
-
-def mlp() -> nnx.Module:
-  return nnx.Sequential(nnx.Linear(64, 64, rngs=nnx.Rngs(0)), nnx.relu, nnx.Linear(64, 64, rngs=nnx.Rngs(1)))
-
-
-def batches(n: int, rows: int, seed: int = 0) -> list[jax.Array]:
-  x = jax.random.t(jax.random.key(seed), 4.0, (n * rows, 64))
-  return [x[i * rows:(i + 1) * rows] for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +79,8 @@ def test_plan_respects_budget_and_applies(report, tmp_path):
   with jaxfp4.nnx.record_linear_inputs(model) as inputs:
     for b in batches(4, 24):
       model(b)
-  ref = {p: (np.concatenate([np.asarray(v) for v in xs]), m(jnp.concatenate(xs)))
-         for p, xs in inputs.items() for m in [dict((".".join(map(str, q)), n) for q, n in nnx.iter_graph(model))[p]]}
+  linears = {".".join(map(str, p)): n for p, n in nnx.iter_graph(model)}
+  ref = {p: (np.concatenate([np.asarray(v) for v in xs]), linears[p](jnp.concatenate(xs))) for p, xs in inputs.items()}
   q = jaxfp4.nnx.quantize_model(model, plan=plan)
   assert q.num_quantized == 2
   nodes = {".".join(map(str, p)): n for p, n in nnx.iter_graph(model)}

@@ -13,7 +13,7 @@ from jaxfp4._src import formats as fmts
 from jaxfp4._src.calibration import candidates as cands
 from jaxfp4._src.calibration.report import CalibrationReport, CandidateResult, LayerCalibration
 from jaxfp4._src.calibration.stats import LayerStats, output_energy
-from jaxfp4._src.flax.quantize_model import SkipFn, _matcher, record_linear_inputs
+from jaxfp4._src.flax.quantize_model import SkipFn, _matcher, linear_layers, record_linear_inputs
 
 
 def _default_forward(model: nnx.Module, batch: Any) -> Any:
@@ -91,7 +91,7 @@ def calibrate(
     raise ValueError(f"`forward` must be a callable (model, batch) -> output, got {type(forward).__name__}.")
   candidate_objs = candidate_list(formats, blocksizes)
   match = _matcher(skip)
-  layers = {".".join(map(str, p)): n for p, n in nnx.iter_graph(model) if isinstance(n, nnx.Linear) and p}
+  layers = linear_layers(model)
   stats: dict[str, LayerStats] = {}
   num_batches = 0
   for batch in tqdm(batches, desc="calibration batches", unit="batch", disable=not progress):

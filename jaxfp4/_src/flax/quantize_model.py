@@ -200,7 +200,7 @@ def _planned(model: nnx.Module, plan, match: SkipFn, *, lora_rank, outlier_colum
     raise ValueError("`plan` sets each layer's format; it does not combine with `lora_rank`, "
                      "`outlier_columns` or `calibration` (add adapters afterwards with jaxfp4.nnx.add_lora).")
   entries = {e.path: e for e in plan.entries}
-  layers = {".".join(str(k) for k in p): n for p, n in nnx.iter_graph(model) if isinstance(n, nnx.Linear) and p}
+  layers = linear_layers(model)
   missing = [p for p, l in layers.items() if p not in entries and not match(p, l)]
   if missing:
     raise ValueError(f"`plan` has no format for {len(missing)} linear layer(s) of the model: {missing[:8]}"
@@ -224,8 +224,9 @@ def _planned(model: nnx.Module, plan, match: SkipFn, *, lora_rank, outlier_colum
   return make
 
 
-def _linear_paths(model: nnx.Module) -> list[str]:
-  return [".".join(str(k) for k in p) for p, n in nnx.iter_graph(model) if isinstance(n, nnx.Linear) and p]
+def linear_layers(model: nnx.Module) -> dict[str, nnx.Linear]:
+  """Every ``nnx.Linear`` of ``model`` by dotted path (a shared layer under its first path)."""
+  return {".".join(str(k) for k in p): n for p, n in nnx.iter_graph(model) if isinstance(n, nnx.Linear) and p}
 
 
 def _check_calibration(model: nnx.Module, calibration) -> dict[str, Any]:
@@ -233,7 +234,7 @@ def _check_calibration(model: nnx.Module, calibration) -> dict[str, Any]:
     return {}
   if not isinstance(calibration, Mapping):
     raise ValueError(f"`calibration` must map layer paths to input arrays, got {type(calibration).__name__}.")
-  paths = _linear_paths(model)
+  paths = list(linear_layers(model))
   unknown = sorted(set(calibration) - set(paths))
   if unknown:
     raise ValueError(f"`calibration` names layers the model does not have as nnx.Linear: {unknown[:4]}; "
