@@ -7,6 +7,10 @@ import os
 # Kernels run in the Pallas interpreter on the CPU; keep XLA single-threaded
 # per process so `pytest -n 2` does not oversubscribe CI's two cores.
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+# Eight virtual CPU devices for the sharding tests (tests/test_sharding.py); on
+# one device everything else runs as before (arrays default to device 0).
+if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -32,3 +36,12 @@ def golden() -> dict[str, np.ndarray]:
 
 def on_gpu() -> bool:
   return jax.default_backend() == "gpu"
+
+
+def auto_mesh(shape, names):
+  """A mesh of the first ``prod(shape)`` devices with Auto axes; skips if there are fewer."""
+  n = int(np.prod(shape))
+  if jax.device_count() < n:
+    pytest.skip(f"needs {n} devices, {jax.device_count()} visible (CPU runs get 8 virtual ones)")
+  devices = np.array(jax.devices()[:n]).reshape(shape)
+  return jax.sharding.Mesh(devices, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))

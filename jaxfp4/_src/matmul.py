@@ -143,6 +143,7 @@ def matmul_4bit(
     bias: jax.typing.ArrayLike | None = None,
     outliers: Any = None,
     implementation: str | None = None,
+    sharding: Any = None,
 ) -> jax.Array:
   """``x @ dequantize_4bit(packed, state).T + bias`` without widening the weight.
 
@@ -169,6 +170,11 @@ def matmul_4bit(
       kernel + XLA GEMM for large M, jnp elsewhere), ``"xla"`` (pure jnp) or
       ``"pallas"`` (the fused kernel for every M: interpret mode off the GPU;
       an error if the weight's blocks straddle rows).
+    sharding: a :class:`jaxfp4.sharding.WeightSharding`: the weight is split
+      over a mesh (column and/or row parallel, FSDP) and the kernels run per
+      shard inside ``shard_map``; place the weight with
+      :func:`jaxfp4.sharding.shard_4bit`. Row-parallel partial products are
+      summed in float32 by the SPMD partitioner.
 
   Returns:
     ``[..., N]`` in ``x.dtype``.
@@ -183,7 +189,11 @@ def matmul_4bit(
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}, got {implementation!r}.")
-  data = quantize_lib.check_packed(packed, state)
+  if sharding is None:
+    data = quantize_lib.check_packed(packed, state)
+  else:
+    from jaxfp4._src.sharding import layout  # one-way import: sharding builds on this module
+    data = layout.check_row_view(packed, state)
   if len(state.shape) != 2:
     raise ValueError(f"matmul_4bit needs the state of a 2-D weight [N, K], got shape "
                      f"{state.shape}.")
@@ -200,6 +210,13 @@ def matmul_4bit(
       raise ValueError(f"`bias` must be a float array of shape ({n},), got "
                        f"{bias.dtype} {tuple(bias.shape)}.")
   lead = x.shape[:-1]
+  if sharding is not None:
+    if outliers is not None:
+      raise ValueError("`outliers` cannot be combined with `sharding`: the kept columns are not "
+                       "split with the weight; quantize without outlier columns to shard.")
+    from jaxfp4._src.sharding import matmul as sharded  # one-way import: it builds on this module
+    return sharded.matmul_sharded(x.reshape(-1, k), data, state, bias, implementation,
+                                  sharding).reshape(*lead, n)
   y = _matmul(x.reshape(-1, k), bias, data, state, implementation)
   if outliers is not None:
     outliers_lib.check_outliers(outliers, state)

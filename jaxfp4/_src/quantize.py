@@ -191,8 +191,8 @@ def block_scales(state: QuantState) -> jax.Array:
   """Float32 per-block multiplier that a decoded table value is scaled by."""
   fmt = state.format
   if fmt.scale_kind in ("e8m0", "e4m3"):
-    return decode_scale_bytes(state.absmax, state)
-  absmax = state.absmax
+    return decode_scale_bytes(state.absmax.reshape(-1), state)
+  absmax = state.absmax.reshape(-1)  # flat, also for a row-view state
   if state.nested:
     absmax = double_quant.decompress_absmax(
         absmax, state.offset, state.state2.absmax,

@@ -89,6 +89,14 @@ class QuantState:
   def format(self) -> formats.QuantFormat:
     return formats.get_format(self.quant_type)
 
+  def absmax_shapes(self) -> list[tuple[int, ...]]:
+    """Allowed ``absmax`` shapes: flat, or ``[N, K / blocksize]`` (the row view that
+    ``jaxfp4.sharding`` splits) when a 2-D weight's rows hold whole blocks."""
+    shapes = [(self.num_blocks,)]
+    if len(self.shape) == 2 and self.shape[1] % self.blocksize == 0:
+      shapes.append((self.shape[0], self.shape[1] // self.blocksize))
+    return shapes
+
   def nbytes(self) -> int:
     """Bytes of the state's arrays (excluding the packed weight)."""
     leaves = jax.tree_util.tree_leaves(self)
@@ -101,10 +109,10 @@ class QuantState:
     if jnp.dtype(self.dtype).name not in formats.INPUT_DTYPES:
       raise ValueError(f"QuantState `dtype` must be one of {formats.INPUT_DTYPES}, got {self.dtype}.")
     nb = self.num_blocks
-    if tuple(self.absmax.shape) != (nb,):
+    if tuple(self.absmax.shape) not in self.absmax_shapes():
       raise ValueError(
-          f"QuantState `absmax` must have shape ({nb},) for shape={self.shape} and "
-          f"blocksize={self.blocksize}, got {tuple(self.absmax.shape)}.")
+          f"QuantState `absmax` must have shape {' or '.join(map(str, self.absmax_shapes()))} "
+          f"for shape={self.shape} and blocksize={self.blocksize}, got {tuple(self.absmax.shape)}.")
     want = _absmax_dtype(fmt, self.nested)
     if jnp.dtype(self.absmax.dtype) != want:
       raise ValueError(f"QuantState `absmax` must be {want.name} for quant_type="
@@ -138,7 +146,7 @@ class QuantState:
     fmt = self.format
     d: dict[str, Any] = {
         "quant_type": self.quant_type,
-        "absmax": _host(self.absmax, self.absmax.dtype),
+        "absmax": _host(self.absmax, self.absmax.dtype).reshape(-1),
         "blocksize": self.blocksize,
         "quant_map": np.asarray(self.code, np.float32),
         "dtype": jnp.dtype(self.dtype).name,

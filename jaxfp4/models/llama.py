@@ -16,6 +16,15 @@ from jaxfp4._src.models.llama.loader import save_pretrained as save_pretrained
 from jaxfp4._src.models.llama.model import KVCache as KVCache
 from jaxfp4._src.models.llama.model import LlamaForCausalLM as LlamaForCausalLM
 from jaxfp4._src.models.llama.model import init_cache as init_cache
+from jaxfp4._src.models.llama.parallel import batch_sharding as batch_sharding
+from jaxfp4._src.models.llama.parallel import causal_lm_loss as causal_lm_loss
+from jaxfp4._src.models.llama.parallel import fsdp_plan as fsdp_plan
+from jaxfp4._src.models.llama.parallel import qlora_optimizer as qlora_optimizer
+from jaxfp4._src.models.llama.parallel import make_qlora_step as make_qlora_step
+from jaxfp4._src.models.llama.parallel import shard_llama as shard_llama
+from jaxfp4._src.models.llama.parallel import tensor_parallel_plan as tensor_parallel_plan
 
-__all__ = ("GenerateFns", "KVCache", "LlamaConfig", "LlamaForCausalLM", "from_pretrained",
-           "generate", "init_cache", "make_generate_fns", "sample_logits", "save_pretrained")
+__all__ = ("GenerateFns", "KVCache", "LlamaConfig", "LlamaForCausalLM", "batch_sharding",
+           "causal_lm_loss", "from_pretrained", "fsdp_plan", "generate", "init_cache",
+           "make_generate_fns", "make_qlora_step", "qlora_optimizer", "sample_logits",
+           "save_pretrained", "shard_llama", "tensor_parallel_plan")

@@ -99,6 +99,7 @@ def dense_4bit(
     dtype,
     implementation: str | None,
     outliers: OutlierColumns | None = None,
+    sharding=None,
 ) -> jax.Array:
   """``x @ W.T + bias + scale * dropout(x) @ A @ B`` in the compute dtype."""
   x = jnp.asarray(x)
@@ -109,7 +110,7 @@ def dense_4bit(
     raise ValueError(f"The compute `dtype` must be one of {formats.INPUT_DTYPES}, got {dt}.")
   x = x.astype(dt)
   y = matmul_4bit(x, packed, state, bias=None if bias is None else bias.astype(dt),
-                  outliers=outliers, implementation=implementation)
+                  outliers=outliers, implementation=implementation, sharding=sharding)
   if lora_a is not None:
     h = x if dropout is None else dropout(x)
     delta = (h @ lora_a.astype(dt)) @ lora_b.astype(dt)

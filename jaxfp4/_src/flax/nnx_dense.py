@@ -96,6 +96,8 @@ class Dense4bit(nnx.Module):
     self.dtype = dtype
     self.param_dtype = param_dtype
     self.implementation = implementation
+    # A jaxfp4.sharding.WeightSharding once jaxfp4.sharding.shard_model places the layer.
+    self.sharding = None
     if quantized is None:
       kernel = kernel_init(rngs.params(), (in_features, out_features), param_dtype)
       packed, state, outliers = dense.quantize_kernel(
@@ -141,7 +143,8 @@ class Dense4bit(nnx.Module):
         lora_b=None if self.lora_b is None else self.lora_b.get_value(),
         lora_scale=self.lora_scale, dropout=self.lora_dropout, dtype=self.dtype,
         implementation=self.implementation,
-        outliers=None if self.outliers is None else self.outliers.get_value())
+        outliers=None if self.outliers is None else self.outliers.get_value(),
+        sharding=self.sharding)
 
   @classmethod
   def from_linear(
@@ -225,6 +228,9 @@ def merge_lora(module: nnx.Module) -> nnx.Module:
     w = dense.merged_weight(packed, state, layer.lora_a.get_value(), layer.lora_b.get_value(),
                             layer.lora_scale, outliers)
     packed, state, outliers = dense.requantize_like(w, state, packed, outliers)
+    if layer.sharding is not None:
+      from jaxfp4._src.sharding.layout import shard_4bit  # one-way: sharding imports this module
+      packed, state = shard_4bit(packed, state, layer.sharding)
     layer.weight.set_value(packed)
     layer.quant_state.set_value(state)
     if outliers is not None:

@@ -113,6 +113,10 @@ class Checkpoint:
   def get(self, name: str) -> np.ndarray:
     return self._file(name).get(name)
 
+  def view(self, name: str) -> np.ndarray:
+    """A read-only memory map of ``name`` (see ``SafetensorsFile.view``)."""
+    return self._file(name).view(name)
+
   def _file(self, name: str) -> SafetensorsFile:
     if name not in self._where:
       raise KeyError(f"The checkpoint {str(self.path)!r} has no tensor {name!r}.")

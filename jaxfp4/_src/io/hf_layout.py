@@ -13,17 +13,20 @@ Modules whose attribute paths mirror the PyTorch module names (as
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding
 from tqdm.auto import tqdm
 
 from jaxfp4._src.flax.nnx_dense import Dense4bit, QuantizedWeight
 from jaxfp4._src.io import checkpoint
 from jaxfp4._src.io.model_io import check_array_like, check_state_like
+from jaxfp4._src.sharding import layout
+from jaxfp4._src.sharding.layout import WeightSharding, saved_packed, shard_4bit, shard_host_4bit
 from jaxfp4._src.state import QuantState
 
 Quantizer = Callable[[str, np.ndarray], tuple[jax.Array, QuantState]]
@@ -59,6 +62,7 @@ def load_hf_weights(
     quantizer: Quantizer | None = None,
     ignore: Callable[[str], bool] = lambda key: False,
     progress: bool = True,
+    targets: dict[int, Any] | None = None,
 ) -> nnx.Module:
   """Fills ``model`` (which may be abstract, from ``nnx.eval_shape``) from ``ckpt``, in place.
 
@@ -66,18 +70,28 @@ def load_hf_weights(
   checkpoint holds a dense weight for a 4-bit layer, ``quantizer(key, W)``
   quantizes it. Other tensors are cast to the variable's dtype. Every
   variable must be found and every tensor used (unless ``ignore(key)``);
-  otherwise ValueError names it.
+  otherwise ValueError names it. With ``targets`` (``{id(variable):
+  NamedSharding | WeightSharding}`` from ``jaxfp4.sharding``'s plan), each
+  tensor is read through a memory map and every device gets only its shard.
   """
   used: set[str] = set()
   entries = list(_entries(model))
+  targets = targets or {}
+  state_vars = {key: var for kind, key, var in entries if kind == "state"}
   for kind, key, var in tqdm(entries, desc="load", unit="tensor", disable=not progress):
     like = var.get_value()
+    target = targets.get(id(var))
     if kind == "lora":
       raise ValueError(f"The model has LoRA adapters ({key!r}); load the base model first, then "
                        "add adapters with jaxfp4.nnx.add_lora.")
     if kind == "outliers":
       raise ValueError(f"The model keeps outlier columns ({key!r}), which Hugging Face "
                        "bitsandbytes checkpoints cannot hold; use jaxfp4.io.load_model.")
+    if kind == "state" and isinstance(target, WeightSharding):
+      continue  # placed together with its packed bytes
+    if kind == "packed" and isinstance(target, WeightSharding):
+      used.update(_load_sharded_4bit(ckpt, key, var, state_vars[key], target, quantizer))
+      continue
     if kind in ("packed", "state"):
       if key not in ckpt:
         raise ValueError(f"{ckpt.path}: missing tensor {key!r}.")
@@ -104,7 +118,8 @@ def load_hf_weights(
       raise ValueError(f"{ckpt.path}: {key!r} has quant-state tensors {sorted(group)}, but the "
                        "model expects a dense tensor there (a 4-bit group needs its "
                        "quant_state.bitsandbytes__<type> blob).")
-    array = ckpt.get(key)
+    # A memory map: a sharded variable reads only each device's slice of it.
+    array = ckpt.view(key) if isinstance(target, NamedSharding) else ckpt.get(key)
     if kind == "kernel":
       if array.ndim != 2:
         raise ValueError(f"Tensor {key!r} must be 2-D [out, in], got shape {array.shape}.")
@@ -113,9 +128,14 @@ def load_hf_weights(
     castable = checkpoint.is_float_dtype(array.dtype) and checkpoint.is_float_dtype(want)
     if array.dtype != want and not castable:
       raise ValueError(f"Tensor {key!r} has dtype {array.dtype}, the model expects {want}.")
-    check_array_like(key, array.astype(want), like)
+    check_array_like(key, jax.ShapeDtypeStruct(array.shape, want), like)
     used.add(key)
-    var.set_value(jnp.asarray(array, want))
+    if isinstance(target, NamedSharding):
+      # np.array copies each slice, so no device buffer ever aliases the file's memory map.
+      var.set_value(jax.make_array_from_callback(
+          array.shape, target, lambda idx, a=array, dt=want: np.array(a[idx], dt)))
+    else:
+      var.set_value(jnp.asarray(array, want))
   extra = sorted(k for k in set(ckpt.keys()) - used if not ignore(k))
   if extra:
     raise ValueError(f"{ckpt.path}: tensors the model does not have: {extra[:8]}"
@@ -123,9 +143,43 @@ def load_hf_weights(
   return model
 
 
-def hf_tensors(model: nnx.Module) -> Iterator[tuple[str, np.ndarray]]:
-  """Yields ``model``'s tensors under Hugging Face names, 4-bit layers as bitsandbytes groups."""
-  for kind, key, var in _entries(model):
+def _load_sharded_4bit(ckpt, key: str, packed_var, state_var, ws: WeightSharding,
+                       quantizer: Quantizer | None) -> set[str]:
+  """Places one 4-bit layer shard by shard; returns the checkpoint keys it used."""
+  like = state_var.get_value()
+  if key not in ckpt:
+    raise ValueError(f"{ckpt.path}: missing tensor {key!r}.")
+  group = checkpoint.group_keys(key, ckpt.keys())
+  try:
+    if group:
+      state = ckpt.get_quant_state(key)
+      check_state_like(key, state, like)
+      packed, state = shard_host_4bit(ckpt.view(key), state, ws)
+    elif quantizer is not None:
+      # A dense checkpoint quantized on load: the layer is quantized where it is read.
+      packed, state = quantizer(key, ckpt.get(key))
+      check_state_like(key, state, like)
+      packed, state = shard_4bit(packed, state, ws)
+    else:
+      raise ValueError(f"{ckpt.path}: {key!r} is not a 4-bit tensor group, but the model "
+                       "expects one.")
+  except ValueError as e:
+    if str(e).startswith(("Tensor", str(ckpt.path))):
+      raise
+    raise ValueError(f"Tensor {key!r}: {e}") from None
+  packed_var.set_value(packed)
+  state_var.set_value(state)
+  return {key, *group}
+
+
+def hf_tensors(model: nnx.Module, *, denest: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+  """Yields ``model``'s tensors under Hugging Face names, 4-bit layers as bitsandbytes groups.
+
+  ``denest`` writes double-quantized absmax decoded to float32 (the same weights).
+  """
+  entries = list(_entries(model))
+  states = {key: var.get_value() for kind, key, var in entries if kind == "state"}
+  for kind, key, var in entries:
     value = var.get_value()
     if kind == "lora":
       raise ValueError(f"The model has LoRA adapters ({key!r}); fold them in with "
@@ -134,7 +188,10 @@ def hf_tensors(model: nnx.Module) -> Iterator[tuple[str, np.ndarray]]:
       raise ValueError(f"The model keeps outlier columns ({key!r}), which bitsandbytes "
                        "checkpoints cannot hold; save it with jaxfp4.io.save_model.")
     if kind == "state":
+      value = layout.denest(value) if denest else value
       yield from ((k, v) for k, v in checkpoint.tensor_group_4bit(key, np.zeros(0), value) if k != key)
+    elif kind == "packed":
+      yield key, saved_packed(value, states.get(key))
     elif kind == "kernel":
       yield key, np.ascontiguousarray(np.asarray(jax.device_get(value)).T)
     else:

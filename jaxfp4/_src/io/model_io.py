@@ -24,6 +24,7 @@ from jaxfp4._src.flax.nnx_dense import QuantizedWeight
 from jaxfp4._src.io import checkpoint
 from jaxfp4._src.io.safetensors import write_safetensors
 from jaxfp4._src.outlier_columns import OutlierColumns
+from jaxfp4._src.sharding.layout import saved_packed
 from jaxfp4._src.state import QuantState
 from jaxfp4._src.version import __version__
 
@@ -82,6 +83,9 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *,
       elif kind == "outliers":
         yield key + ".index", np.asarray(jax.device_get(value.index))
         yield key + ".values", np.asarray(jax.device_get(value.values))
+      elif isinstance(var, QuantizedWeight):  # packed bytes, maybe in a sharded row view
+        state = entries.get(key.rsplit(".", 1)[0] + ".quant_state" if "." in key else "quant_state")
+        yield key, saved_packed(value, None if state is None else state[2].get_value())
       else:
         yield key, np.asarray(jax.device_get(value))
 

@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import struct
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -123,6 +124,20 @@ class SafetensorsFile:
     if len(buf) != info.nbytes:
       raise ValueError(f"{self.path}: tensor {name!r} is truncated.")
     return np.frombuffer(buf, dtype=info.dtype.newbyteorder("<")).astype(info.dtype).reshape(info.shape)
+
+
+  def view(self, name: str) -> np.ndarray:
+    """A read-only memory map of one tensor: slicing it reads only the slice's pages.
+
+    Loaders that place a tensor shard by shard read each device's part from it.
+    """
+    info = self.info(name)
+    if info.nbytes == 0 or not all(info.shape):
+      return np.zeros(info.shape, info.dtype)
+    if sys.byteorder != "little":
+      return self.get(name)  # the file is little-endian; a big-endian host needs a swapped copy
+    return np.memmap(self.path, dtype=info.dtype, mode="r", offset=self._data_start + info.begin,
+                     shape=info.shape)
 
 
 def _parse_entry(path: Path, name: str, entry, data_size: int) -> TensorInfo:

@@ -18,14 +18,18 @@ from typing import Any, Sequence
 
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 
 from jaxfp4._src.flax.nnx_dense import Dense4bit
 from jaxfp4._src.flax.quantize_model import _matcher
 from jaxfp4._src.io import checkpoint, hf_layout
 from jaxfp4._src.io.safetensors import write_safetensors
 from jaxfp4._src.models.llama.config import LlamaConfig
+from jaxfp4._src.models.llama import parallel
 from jaxfp4._src.models.llama.model import LlamaForCausalLM
 from jaxfp4._src.quantize import quantize_4bit
+from jaxfp4._src.sharding import plan as sharding_plan
+from jaxfp4._src.sharding.plan import ShardingPlan
 
 _DTYPES = ("bfloat16", "float16", "float32")
 
@@ -50,6 +54,8 @@ def from_pretrained(
     implementation: str | None = None,
     remat: bool = False,
     progress: bool = True,
+    mesh: Mesh | None = None,
+    plan: ShardingPlan | None = None,
 ) -> LlamaForCausalLM:
   """Loads a Hugging Face Llama directory (dense or bitsandbytes 4-bit).
 
@@ -65,6 +71,10 @@ def from_pretrained(
     implementation: ``matmul_4bit``'s implementation for the 4-bit layers.
     remat: gradient checkpointing per decoder layer (for training).
     progress: show a progress bar.
+    mesh, plan: place the model on ``mesh`` as ``plan`` says
+      (:func:`tensor_parallel_plan`, :func:`fsdp_plan`): each tensor is read
+      through a memory map and every device receives only its own shard, so
+      no device ever holds a whole weight.
 
   Returns:
     A :class:`LlamaForCausalLM`.
@@ -73,6 +83,8 @@ def from_pretrained(
     >>> model = from_pretrained("llama-3.2-1b-bnb-4bit")           # doctest: +SKIP
     >>> logits, _ = model(jnp.array([[1, 2, 3]]))                  # doctest: +SKIP
   """
+  if (mesh is None) != (plan is None):
+    raise ValueError("`mesh` and `plan` go together: give both to load the model sharded, or neither.")
   path = Path(path)
   hf = checkpoint.read_config(path)
   config = LlamaConfig.from_hf(hf)
@@ -118,8 +130,12 @@ def from_pretrained(
       return key.endswith("rotary_emb.inv_freq") or (
           config.tie_word_embeddings and key == "lm_head.weight")
 
+    targets = None
+    if mesh is not None:
+      parallel.check_plan(config, mesh, plan)
+      targets = sharding_plan.assign(model, mesh, plan)
     hf_layout.load_hf_weights(model, ckpt, quantizer=quantizer if quant_type else None,
-                              ignore=ignore, progress=progress)
+                              ignore=ignore, progress=progress, targets=targets)
   return model
 
 
@@ -144,12 +160,18 @@ def save_pretrained(model: LlamaForCausalLM, out_dir: str | os.PathLike, *, prog
   if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
     raise FileExistsError(f"`out_dir` {str(out_dir)!r} exists and is not empty; jaxfp4 never writes over files.")
   layers = [n for _, n in nnx.iter_graph(model) if isinstance(n, Dense4bit)]
+  denest = False
   hf = model.config.to_hf()
   dense = [n for _, n in nnx.iter_graph(model) if isinstance(n, nnx.Linear)]
   hf["dtype"] = jnp.dtype(dense[0].param_dtype if dense else model.model.embed_tokens.param_dtype).name
   if layers:
     states = {(s.quant_type, s.blocksize, s.nested, jnp.dtype(l.weight.get_value().dtype).name)
               for l in layers for s in [l.quant_state.get_value()]}
+    if len({(q, b, st) for q, b, _, st in states}) == 1 and len(states) == 2:
+      # Sharding stored some layers' absmax decoded (jaxfp4.sharding.shard_4bit); the
+      # others are written decoded too: the same weights, one quantization_config.
+      denest = True
+      states = {(q, b, False, st) for q, b, _, st in states}
     if len(states) != 1 or next(iter(states))[0] not in ("nf4", "fp4"):
       raise ValueError("bitsandbytes checkpoints need every 4-bit layer in one nf4 or fp4 format "
                        f"(one quantization_config); the model has {sorted(states)}.")
@@ -162,7 +184,8 @@ def save_pretrained(model: LlamaForCausalLM, out_dir: str | os.PathLike, *, prog
         quant_storage=storage, skip_modules=[p.rsplit(".", 1)[-1] for p in skipped] and sorted(
             {p.rsplit(".", 1)[-1] for p in skipped}))
   out_dir.mkdir(parents=True, exist_ok=True)
-  write_safetensors(out_dir / checkpoint.SINGLE, _progress(hf_layout.hf_tensors(model), progress),
+  write_safetensors(out_dir / checkpoint.SINGLE,
+                    _progress(hf_layout.hf_tensors(model, denest=denest), progress),
                     metadata={"format": "pt"})
   with open(out_dir / "config.json", "x") as f:
     f.write(json.dumps(hf, indent=2, sort_keys=True) + "\n")
