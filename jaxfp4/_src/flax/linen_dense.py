@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxfp4._src.flax import dense
+from jaxfp4._src.sharding.layout import shard_4bit
 from jaxfp4._src.state import QuantState
 
 QUANTIZED = "quantized"
@@ -31,6 +32,10 @@ class Dense4bit(nn.Module):
     lora_rank, lora_alpha, lora_dropout: LoRA adapters (rank 0 disables them);
       dropout needs a ``"dropout"`` rng unless ``deterministic=True``.
     implementation: ``matmul_4bit``'s implementation.
+    sharding: a :class:`jaxfp4.sharding.WeightSharding`: ``init`` places the
+      4-bit weight with :func:`jaxfp4.sharding.shard_4bit` and the product runs
+      per shard (weights converted with :meth:`quantize_variables` must be
+      placed the same way).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -55,6 +60,7 @@ class Dense4bit(nn.Module):
   lora_alpha: float | None = None
   lora_dropout: float = 0.0
   implementation: str | None = None
+  sharding: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
@@ -73,6 +79,8 @@ class Dense4bit(nn.Module):
       packed, state, _ = dense.quantize_kernel(
           kernel, quant_type=self.quant_type, blocksize=self.blocksize,
           compress_statistics=self.compress_statistics, quant_storage=self.quant_storage)
+      if self.sharding is not None:
+        packed, state = shard_4bit(packed, state, self.sharding)
       self.put_variable(QUANTIZED, "weight", packed)
       self.put_variable(QUANTIZED, "quant_state", state)
     dense.check_quantized(packed, state, in_features, self.features)
@@ -88,7 +96,7 @@ class Dense4bit(nn.Module):
         dropout = lambda h: layer(h, deterministic=deterministic)  # noqa: E731
     return dense.dense_4bit(x, packed, state, bias=bias, lora_a=lora_a, lora_b=lora_b,
                             lora_scale=scale, dropout=dropout, dtype=self.dtype,
-                            implementation=self.implementation)
+                            implementation=self.implementation, sharding=self.sharding)
 
   @staticmethod
   def quantize_variables(

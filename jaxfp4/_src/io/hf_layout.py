@@ -22,6 +22,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from tqdm.auto import tqdm
 
+from jaxfp4._src.flax.graph import unique_variables
 from jaxfp4._src.flax.nnx_dense import Dense4bit, QuantizedWeight
 from jaxfp4._src.io import checkpoint
 from jaxfp4._src.io.model_io import check_array_like, check_state_like
@@ -34,12 +35,7 @@ Quantizer = Callable[[str, np.ndarray], tuple[jax.Array, QuantState]]
 
 def _entries(model: nnx.Module) -> Iterator[tuple[str, str, nnx.Variable]]:
   """Yields ``(kind, hf_key, variable)`` for every variable of ``model``."""
-  seen = set()
-  for path, node in nnx.iter_graph(model):
-    if not isinstance(node, nnx.Variable) or isinstance(node, nnx.RngState) or id(node) in seen:
-      continue
-    seen.add(id(node))
-    module, leaf = ".".join(str(p) for p in path[:-1]), str(path[-1])
+  for module, leaf, node in unique_variables(model):
     key = f"{module}.weight" if module else "weight"
     if isinstance(node, nnx.LoRAParam):
       yield "lora", f"{module}.{leaf}", node

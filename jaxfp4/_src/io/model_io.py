@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from jaxfp4._src.flax.graph import unique_variables
 from jaxfp4._src.flax.nnx_dense import QuantizedWeight
 from jaxfp4._src.io import checkpoint
 from jaxfp4._src.io.safetensors import write_safetensors
@@ -31,18 +32,11 @@ from jaxfp4._src.version import __version__
 FORMAT = "jaxfp4"
 
 
-def _variables(model: nnx.Module) -> Iterator[tuple[str, nnx.Variable]]:
-  seen = set()
-  for path, node in nnx.iter_graph(model):
-    if isinstance(node, nnx.Variable) and not isinstance(node, nnx.RngState) and id(node) not in seen:
-      seen.add(id(node))
-      yield ".".join(str(p) for p in path), node
-
-
 def _entries(model: nnx.Module) -> dict[str, tuple[str, nnx.Variable]]:
   """Maps each variable to its key; a 4-bit (weight, quant_state) pair shares ``P.weight``."""
   out = {}
-  for name, var in _variables(model):
+  for module, leaf, var in unique_variables(model):
+    name = f"{module}.{leaf}" if module else leaf
     value = var.get_value()
     if isinstance(var, QuantizedWeight) and isinstance(value, QuantState):
       parent = name.rsplit(".", 1)[0] if "." in name else ""

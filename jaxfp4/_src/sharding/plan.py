@@ -22,6 +22,7 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxfp4._src.flax.graph import unique_variables
 from jaxfp4._src.flax.nnx_dense import Dense4bit
 from jaxfp4._src.sharding import layout
 
@@ -128,16 +129,10 @@ class ShardingPlan:
 
 def _walk(model: nnx.Module):
   """``(module_path, leaf, variable, owner)`` once per variable; owner is a Dense4bit or None."""
-  seen, owners = set(), {}
-  for path, node in nnx.iter_graph(model):
-    if isinstance(node, Dense4bit):
-      owners[".".join(map(str, path))] = node
-  for path, node in nnx.iter_graph(model):
-    if not isinstance(node, nnx.Variable) or isinstance(node, nnx.RngState) or id(node) in seen:
-      continue
-    seen.add(id(node))
-    module = ".".join(map(str, path[:-1]))
-    yield module, str(path[-1]), node, owners.get(module)
+  owners = {".".join(map(str, path)): node for path, node in nnx.iter_graph(model)
+            if isinstance(node, Dense4bit)}
+  for module, leaf, var in unique_variables(model):
+    yield module, leaf, var, owners.get(module)
 
 
 def assign(model: nnx.Module, mesh: Mesh, plan: ShardingPlan) -> dict[int, Any]:
