@@ -60,7 +60,7 @@ def test_sharded_forward_and_adapter_gradients_match_one_device(name):
   model = llama.shard_llama(_model(lora=True), mesh, plan)
   ids_s = jax.device_put(ids, llama.batch_sharding(mesh, plan))
   logits = _forward(model, ids_s[:, :-1])
-  # Row-parallel partial sums are added in another order: measured max 1.1e-6 of the largest logit.
+  # Row-parallel partial sums are added in another order: measured max 1.3e-6 of the largest logit.
   scale = float(jnp.max(jnp.abs(logits_ref)))
   np.testing.assert_allclose(np.asarray(logits), np.asarray(logits_ref), rtol=0, atol=4e-6 * scale)
   grads = nnx.jit(lambda m, i: nnx.grad(llama.causal_lm_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(m, i))(

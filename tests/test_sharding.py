@@ -104,8 +104,9 @@ def test_sharded_products_and_gradients_match_one_device(axes, numerics, impleme
                                                     implementation=implementation))(x, bias, sp, ss)
   scale = float(jnp.max(jnp.abs(y_ref.astype(jnp.float32))))
   # Row-parallel partial sums are added in another order (and, in bfloat16, each
-  # partial is rounded once more): measured max error 1.7e-6 (float32) and
-  # 7.8e-3 (bfloat16) of the largest output.
+  # partial is rounded once more). Measured over these splits on 8 CPU devices (jnp
+  # route), relative to the largest value: outputs 5.3e-7 (float32) and 4.4e-3
+  # (bfloat16), input gradients 4.0e-7 and 6.6e-3.
   np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32), rtol=0,
                              atol=rtol * scale)
   grad = jax.grad(_loss, argnums=(0, 3))
