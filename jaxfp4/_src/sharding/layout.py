@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxfp4._src import double_quant
 from jaxfp4._src import quantize as quantize_lib
-from jaxfp4._src.state import NestedState, QuantState
+from jaxfp4._src.state import QuantState
 
 Axes = str | tuple[str, ...] | None
 
@@ -222,9 +222,12 @@ def shard_4bit(packed: jax.typing.ArrayLike, state: QuantState, sharding: Weight
     raise ValueError(f"`state` must be a QuantState, got {type(state).__name__}.")
   check_shardable(state, sharding)
   data, state = row_view(packed, state)
-  if state.nested and not keeps_nesting(state, sharding):
-    state = denest(state)
-  return place(data, state, sharding)
+  return place(data, _kept_nesting(state, sharding), sharding)
+
+
+def _kept_nesting(state: QuantState, ws: WeightSharding) -> QuantState:
+  """``state`` (row view), denested when ``ws`` would split its nested groups."""
+  return denest(state) if state.nested and not keeps_nesting(state, ws) else state
 
 
 def shard_host_4bit(packed: np.ndarray, state: QuantState, sharding: WeightSharding
@@ -240,33 +243,31 @@ def shard_host_4bit(packed: np.ndarray, state: QuantState, sharding: WeightShard
   if raw.size != (state.numel + 1) // 2:
     raise ValueError(f"`packed` holds {raw.size} bytes but the state describes {state.numel} "
                      f"elements ({(state.numel + 1) // 2} bytes).")
-  rows = raw.reshape(n, k // 2)
   state = dataclasses.replace(state, absmax=jnp.asarray(state.absmax).reshape(n, k // state.blocksize))
-  if state.nested and not keeps_nesting(state, sharding):
-    state = denest(state)
-  data_spec, state_specs = weight_specs(state, sharding)
-  # np.array copies each slice, so no device buffer ever aliases the file's memory map.
-  data = jax.make_array_from_callback(
-      rows.shape, NamedSharding(sharding.mesh, data_spec), lambda idx: np.array(rows[idx]))
-  put = lambda a, s: jax.device_put(a, NamedSharding(sharding.mesh, s))
-  return data, jax.tree.map(put, state, state_specs)
+  return place(raw.reshape(n, k // 2), _kept_nesting(state, sharding), sharding)
 
 
-def place(data: jax.Array, state: QuantState, ws: WeightSharding) -> tuple[jax.Array, QuantState]:
-  """``device_put`` of a row-view weight with :func:`weight_specs`."""
+def place(data, state: QuantState, ws: WeightSharding) -> tuple[jax.Array, QuantState]:
+  """Puts a row-view weight on ``ws.mesh`` with :func:`weight_specs`.
+
+  Host bytes (a NumPy array, e.g. a memory map) are sliced per device, so only
+  each device's part is read and copied.
+  """
   data_spec, state_specs = weight_specs(state, ws)
   put = lambda a, s: jax.device_put(a, NamedSharding(ws.mesh, s))
-  return put(data, data_spec), jax.tree.map(put, state, state_specs)
+  if isinstance(data, np.ndarray):
+    host = data
+    # np.array copies each slice, so no device buffer ever aliases the file's memory map.
+    placed = jax.make_array_from_callback(host.shape, NamedSharding(ws.mesh, data_spec),
+                                          lambda idx: np.array(host[idx]))
+  else:
+    placed = put(data, data_spec)
+  return placed, jax.tree.map(put, state, state_specs)
 
 
 def local_state(state: QuantState, shape: tuple[int, int]) -> QuantState:
   """The flat :class:`QuantState` of one shard's row-view leaves."""
-  state2 = None
-  if state.state2 is not None:
-    state2 = NestedState(absmax=state.state2.absmax, code=state.state2.code,
-                         blocksize=state.state2.blocksize)
-  return dataclasses.replace(state, shape=tuple(shape), absmax=state.absmax.reshape(-1),
-                             state2=state2)
+  return dataclasses.replace(state, shape=tuple(shape), absmax=state.absmax.reshape(-1))
 
 
 def check_placement(name: str, value, want: P, ws: WeightSharding) -> None:
