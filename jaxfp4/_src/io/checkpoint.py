@@ -226,3 +226,14 @@ def bnb_quantization_config(*, quant_type: str, compress_statistics: bool, compu
 def is_float_dtype(dt) -> bool:
   """Whether ``dt`` is a floating dtype a checkpoint tensor may be cast between."""
   return np.dtype(dt) in (np.float16, np.float32, np.float64, jnp.bfloat16)
+
+
+MODEL_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def model_dtype(name: str, value) -> jnp.dtype:
+  """``value`` as the compute or parameter dtype of a loaded model; ValueError naming ``name``."""
+  dt = jnp.dtype(value)
+  if dt.name not in MODEL_DTYPES:
+    raise ValueError(f"`{name}` must be one of {MODEL_DTYPES}, got {value!r}.")
+  return dt

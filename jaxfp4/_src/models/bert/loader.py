@@ -31,19 +31,11 @@ from jaxfp4._src.models.bert.encode import SentenceEncoder
 from jaxfp4._src.models.bert.model import BertModel
 from jaxfp4._src.models.bert.tokenizer import WordPieceTokenizer
 
-_DTYPES = ("bfloat16", "float16", "float32")
 _PREFIX = "bert."
 _IGNORED = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias")
 _ST_MODULES = {"sentence_transformers.models.Transformer": "transformer",
                "sentence_transformers.models.Pooling": "pooling",
                "sentence_transformers.models.Normalize": "normalize"}
-
-
-def _dtype(name: str, value: Any) -> jnp.dtype:
-  dt = jnp.dtype(value)
-  if dt.name not in _DTYPES:
-    raise ValueError(f"`{name}` must be one of {_DTYPES}, got {value!r}.")
-  return dt
 
 
 def load_model(
@@ -70,7 +62,8 @@ def load_model(
     >>> model = load_model("all-MiniLM-L6-v2/")                    # doctest: +SKIP
   """
   path = Path(path)
-  dtype, param_dtype = _dtype("dtype", dtype), _dtype("param_dtype", param_dtype)
+  dtype = checkpoint.model_dtype("dtype", dtype)
+  param_dtype = checkpoint.model_dtype("param_dtype", param_dtype)
   config = BertConfig.from_file(path)
   # Build without allocating (every array is replaced by the checkpoint's).
   model = nnx.eval_shape(lambda: BertModel(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))

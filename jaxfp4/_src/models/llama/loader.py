@@ -31,15 +31,6 @@ from jaxfp4._src.quantize import quantize_4bit
 from jaxfp4._src.sharding import plan as sharding_plan
 from jaxfp4._src.sharding.plan import ShardingPlan
 
-_DTYPES = ("bfloat16", "float16", "float32")
-
-
-def _dtype(name: str, value, default: str) -> jnp.dtype:
-  value = default if value is None else value
-  dt = jnp.dtype(value)
-  if dt.name not in _DTYPES:
-    raise ValueError(f"`{name}` must be one of {_DTYPES}, got {value!r}.")
-  return dt
 
 
 def from_pretrained(
@@ -90,8 +81,12 @@ def from_pretrained(
   config = LlamaConfig.from_hf(hf)
   bnb = checkpoint.bnb_quantization(hf)
   stored = hf.get("dtype", hf.get("torch_dtype"))
-  param_dtype = _dtype("param_dtype", param_dtype, stored or "bfloat16")
-  dtype = _dtype("dtype", dtype, (bnb or {}).get("compute_dtype") or stored or "bfloat16")
+  if param_dtype is None:
+    param_dtype = stored or "bfloat16"
+  if dtype is None:
+    dtype = (bnb or {}).get("compute_dtype") or stored or "bfloat16"
+  param_dtype = checkpoint.model_dtype("param_dtype", param_dtype)
+  dtype = checkpoint.model_dtype("dtype", dtype)
   with checkpoint.Checkpoint(path) as ckpt:
     quantized = set(ckpt.quantized_weights())
     if bnb is not None and not quantized:
