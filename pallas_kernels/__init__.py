@@ -9,6 +9,12 @@ from pallas_kernels._src.dequantize_4bit.reference import (
     dequantize_blocks_reference as dequantize_blocks_reference)
 from pallas_kernels._src.dequantize_4bit.triton import (
     dequantize_blocks_triton as dequantize_blocks_triton)
+from pallas_kernels._src.lut_matmul.api import matmul_lut as matmul_lut
+from pallas_kernels._src.lut_matmul.config import LutConfig as LutConfig
+from pallas_kernels._src.lut_matmul.gemv import gemv_4bit_triton as gemv_4bit_triton
+from pallas_kernels._src.lut_matmul.mma import mma_4bit_triton as mma_4bit_triton
+from pallas_kernels._src.lut_matmul.reference import (
+    lut_matmul_reference as lut_matmul_reference)
 from pallas_kernels._src.matmul_4bit.api import matmul_packed as matmul_packed
 from pallas_kernels._src.matmul_4bit.config import MatmulConfig as MatmulConfig
 from pallas_kernels._src.matmul_4bit.reference import (
@@ -35,6 +41,11 @@ from pallas_kernels._src.quantize_4bit.triton import (
 
 __all__ = (
     "canonical_nan",
+    "gemv_4bit_triton",
+    "LutConfig",
+    "lut_matmul_reference",
+    "matmul_lut",
+    "mma_4bit_triton",
     "DequantizeConfig",
     "MatmulConfig",
     "PackedWeight",

@@ -1,8 +1,10 @@
-"""Decode tokens/s, weight memory and one QLoRA step of a ~1B Llama: bf16 vs NF4 vs NF4+DQ.
+"""Decode tokens/s, weight memory and one QLoRA step of a Llama: bf16 vs NF4 vs NF4+DQ.
 
-Random weights from ``LlamaConfig.llama_1b()`` (Llama-3.2-1B's shapes). Run on a GPU:
+Random weights from ``LlamaConfig.llama_1b()`` (Llama-3.2-1B's shapes) or
+``--config llama_8b`` (Llama-3.1-8B's). Run on a GPU:
 
   python tools/bench_llama.py --json OUT.json
+  python tools/bench_llama.py --config llama_8b --variants bf16,nf4_dq --routes default --skip-qlora
 
 Decode: prefill a random prompt, then time the jitted decode loop alone
 (median of ``--repeats``); tokens/s = batch * decoded tokens / seconds. The
@@ -131,7 +133,8 @@ def main() -> None:
   p.add_argument("--skip-qlora", action="store_true")
   p.add_argument("--skip-decode", action="store_true")
   p.add_argument("--remat", action="store_true", help="gradient checkpointing in the QLoRA step")
-  p.add_argument("--config", choices=("llama_1b", "tiny"), default="llama_1b")
+  p.add_argument("--config", choices=("llama_1b", "llama_3b", "llama_8b", "tiny"),
+                 default="llama_1b")
   p.add_argument("--json", default=None)
   args = p.parse_args()
   cfg = getattr(llama.LlamaConfig, args.config)()

@@ -31,7 +31,7 @@ class MatmulRow:
   shape: tuple[int, int]  # (N, K)
   m: int
   quant_type: str
-  variant: str  # "bf16", "xla dequant+dot", "dequant kernel+dot", "fused kernel"; " bwd" suffix
+  variant: str  # "bf16", "xla dequant+dot", "matmul_4bit [route]", "dequant kernel+dot"; "bwd"
   seconds: float
   nbytes: int
   flops: int
@@ -164,15 +164,19 @@ def run(shapes, ms, *, quant_type="nf4", formats_shape=None, format_ms=(), forma
           continue
         t = _time_rotating(functools.partial(_fwd, implementation="xla"), x, ws, quick)
         add(shape, m, tag, "xla dequant+dot", t, wb, t16)
-        # On a GPU both routes of the dispatch are timed, whichever it would pick;
-        # elsewhere matmul_4bit is the jnp path.
-        routes = ((("dequantize", "dequant kernel+dot"), ("fused", "fused kernel")) if on_gpu
-                  else ((None, "matmul_4bit"),))
+        # On a GPU: the default dispatch (named by the route it takes) and the
+        # dequantize route beside it; elsewhere matmul_4bit is the jnp path.
+        routes = ((None, "matmul_4bit"),)
+        if on_gpu:
+          fwd_route = matmul_lib._route(m, state, x.dtype, None, False)
+          routes = ((None, f"matmul_4bit [{fwd_route}]"),)
+          if fwd_route != "dequantize":
+            routes += (("dequantize", "dequant kernel+dot"),)
         for route, label in routes:
           with _forced_route(route):
             add(shape, m, tag, label, _time_rotating(_fwd, x, ws, quick), wb, t16)
-            if backward:
-              add(shape, m, tag, label + " bwd", _time_rotating(_bwd, dy, ws, quick), wb, tb16)
+            if backward and route is None:
+              add(shape, m, tag, "matmul_4bit bwd", _time_rotating(_bwd, dy, ws, quick), wb, tb16)
         for cfg in (configs or {}).get(m, []) if main and on_gpu else []:
           t = _safe_time(_config_op(cfg, False), x, ws, quick)
           add(shape, m, tag, "cfg " + cfg.name(), t, wb, t16)

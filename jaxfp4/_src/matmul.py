@@ -1,9 +1,12 @@
 """``matmul_4bit``: ``x @ W.T + bias`` against a packed 4-bit weight, with gradients.
 
-The weight stays packed. On a GPU, small M runs a fused Pallas kernel that
-decodes tiles in registers (memory-bound decode: the packed bytes are read
-once); large M, where the work is compute-bound, decodes the weight with the
-dequantize kernel and hands it to XLA's tensor-core GEMM. Off the GPU both
+The weight stays packed. On a GPU the forward product picks, by M (crossovers
+measured per device kind, ``pallas_kernels/data/matmul_4bit.json``): a few rows
+of x run the CUDA-core GEMV (table values from warp shuffles, post-scaled
+chunks), up to ~128 rows the tensor-core kernel that decodes the weight in
+registers as the left operand; past that the work is compute-bound and the
+dequantize kernel feeds XLA's GEMM. The input gradient takes the dequantize
+route (or the tile-decode kernel where it measured faster). Off the GPU both
 directions are plain jnp. The backward pass needs only the weight and the
 output gradient, so no activation is saved for it.
 """
@@ -23,6 +26,7 @@ from jaxfp4._src import quantize as quantize_lib
 from jaxfp4._src.state import QuantState
 import pallas_kernels
 from pallas_kernels._src import common as kernel_common
+from pallas_kernels._src.lut_matmul import api as lut_api
 from pallas_kernels._src.matmul_4bit import config as matmul_config
 
 IMPLEMENTATIONS = (None, "xla", "pallas")
@@ -70,19 +74,32 @@ def _fused_ok(state: QuantState, dtype) -> bool:
 
 
 def _route(m: int, state: QuantState, dtype, implementation, transpose: bool) -> str:
-  """``"fused"``, ``"dequantize"`` (kernel decode + XLA dot) or ``"xla"``."""
+  """``"gemv"``/``"mma"`` (register-table kernels), ``"fused"`` (tile-decode
+  kernel), ``"dequantize"`` (kernel decode + XLA dot) or ``"xla"``."""
   if implementation == "xla":
     return "xla"
+  usable = _fused_ok(state, dtype)
   if implementation == "pallas":
-    if not _fused_ok(state, dtype):
+    if not usable:
       raise ValueError(
           f"implementation='pallas' needs the weight's K={state.shape[1]} to be a multiple of its "
           f"blocksize={state.blocksize} (blocks must not straddle rows); use None or 'xla'.")
+    if not transpose:
+      kind = lut_api.choose_kind(m, dtype, kernel_common.device_kind()
+                                 if kernel_common.on_gpu() else None)
+      if kind is None and jnp.dtype(dtype).name != "float32":
+        kind = "mma"  # no 16-bit copy of the weight, whatever M
+      if kind:
+        return kind
     return "fused"
   if not kernel_common.on_gpu():
     return "xla"
-  if _fused_ok(state, dtype) and matmul_config.prefer_fused(
-      m, transpose, kernel_common.device_kind()):
+  kind = kernel_common.device_kind()
+  if usable and not transpose:
+    lut_kind = lut_api.choose_kind(m, dtype, kind)
+    if lut_kind:
+      return lut_kind
+  if usable and matmul_config.prefer_fused(m, transpose, kind):
     return "fused"
   return "dequantize"
 
@@ -97,6 +114,10 @@ def _decoded_weight(data, state: QuantState, dtype, use_kernel: bool) -> jax.Arr
 
 def _product(x, data, state, bias, implementation, transpose: bool):
   route = _route(x.shape[0], state, x.dtype, implementation, transpose)
+  if route in ("gemv", "mma"):
+    w, fmt = kernel_weight(data, state)
+    return pallas_kernels.matmul_lut(x, w, fmt=fmt, bias=bias, kind=route,
+                                     implementation="pallas")
   if route == "fused":
     w, fmt = kernel_weight(data, state)
     return pallas_kernels.matmul_packed(x, w, fmt=fmt, transpose=transpose, bias=bias,
@@ -150,7 +171,9 @@ def matmul_4bit(
   ``W[N, K]`` is laid out as bitsandbytes ``Linear4bit`` stores it. The decoded
   weight is ``float32(table[nibble] * scale)`` rounded once to ``x.dtype``
   (equal to ``dequantize_4bit`` when ``x.dtype == state.dtype``); products are
-  accumulated in float32 and the bias is added before the final rounding.
+  accumulated in float32 and the bias is added before the final rounding. The
+  GPU's GEMV for a few rows of x (decode) multiplies the float32 weight itself,
+  without that rounding (closer to the exact product).
 
   Gradients (``jax.custom_vjp``): ``dx = dy @ W`` from the packed weight and
   ``dbias = sum(dy)``. The 4-bit weight is frozen: the cotangents of
@@ -166,10 +189,11 @@ def matmul_4bit(
       :func:`jaxfp4.quantize_4bit_with_outliers`: their product
       ``x[..., index] @ values.T`` is added in float32 to the 4-bit product
       (so the result is rounded twice; gradients flow through both parts).
-    implementation: None (fused kernel on a GPU for small M, dequantize
-      kernel + XLA GEMM for large M, jnp elsewhere), ``"xla"`` (pure jnp) or
-      ``"pallas"`` (the fused kernel for every M: interpret mode off the GPU;
-      an error if the weight's blocks straddle rows).
+    implementation: None (on a GPU the register-table kernels for small M,
+      dequantize kernel + XLA GEMM for large M; jnp elsewhere), ``"xla"``
+      (pure jnp) or ``"pallas"`` (Pallas kernels for every M, never a 16-bit
+      copy of the weight: interpret mode off the GPU; an error if the
+      weight's blocks straddle rows).
     sharding: a :class:`jaxfp4.sharding.WeightSharding`: the weight is split
       over a mesh (column and/or row parallel, FSDP) and the kernels run per
       shard inside ``shard_map``; place the weight with

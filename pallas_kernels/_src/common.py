@@ -84,6 +84,23 @@ def mul_ftz(a: jax.Array, b: jax.Array) -> jax.Array:
   return y
 
 
+def mul_rn(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``mul.rn.f32``: PTX never contracts an explicitly rounded multiply into an FMA."""
+  (y,) = plgpu.elementwise_inline_asm(
+      "mul.rn.f32 $0, $1, $2;", args=[a, b], constraints="=f,f,f", pack=1,
+      result_shape_dtypes=[jax.ShapeDtypeStruct(a.shape, jnp.float32)])
+  return y
+
+
+def fma(a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
+  """``fma.rn.f32``: ``a * b + c`` in one instruction (XLA's Triton pipeline does
+  not contract a multiply and an add by itself)."""
+  (y,) = plgpu.elementwise_inline_asm(
+      "fma.rn.f32 $0, $1, $2, $3;", args=[a, b, c], constraints="=f,f,f,f", pack=1,
+      result_shape_dtypes=[jax.ShapeDtypeStruct(a.shape, jnp.float32)])
+  return y
+
+
 def exact_reciprocal(x: jax.Array) -> jax.Array:
   return 1.0 / x
 

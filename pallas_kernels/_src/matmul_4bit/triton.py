@@ -28,14 +28,6 @@ from pallas_kernels._src.matmul_4bit.weight import (PackedWeight, WeightFormat, 
                                                     combine_scales)
 
 
-def _mul_rn(a: jax.Array, b: jax.Array) -> jax.Array:
-  """``mul.rn.f32``: PTX never contracts an explicitly rounded multiply into an FMA."""
-  (y,) = plgpu.elementwise_inline_asm(
-      "mul.rn.f32 $0, $1, $2;", args=[a, b], constraints="=f,f,f", pack=1,
-      result_shape_dtypes=[jax.ShapeDtypeStruct(a.shape, jnp.float32)])
-  return y
-
-
 def _and(a, b):
   if a is None:
     return b
@@ -87,7 +79,7 @@ class _Weight:
                          self.group.shape[0] - 1)
       group = self.group[gidx]
       offset = self.offset[jnp.zeros((bn, tkb), jnp.int32)]
-    s = combine_scales(base, group, offset, fmt, mul_rn=None if self.interpret else _mul_rn)
+    s = combine_scales(base, group, offset, fmt, mul_rn=None if self.interpret else common.mul_rn)
     if rmask is not None:  # rows past N must be zero whatever their scale decodes to
       s = jnp.where(rmask[:, None], s, 0.0)
     b = data.astype(jnp.int32)

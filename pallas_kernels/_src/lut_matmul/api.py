@@ -1,0 +1,131 @@
+"""``matmul_lut``: the register-table kernels, dispatched by M and by measured configs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels._src import common
+from pallas_kernels._src import lut_decode
+from pallas_kernels._src import tuning
+from pallas_kernels._src.lut_matmul import scales as scales_lib
+from pallas_kernels._src.lut_matmul.config import LutConfig, MAX_GEMV_ROWS, fit
+from pallas_kernels._src.lut_matmul.gemv import gemv_4bit_triton
+from pallas_kernels._src.lut_matmul.mma import mma_4bit_triton
+from pallas_kernels._src.lut_matmul.reference import lut_matmul_reference
+from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_operands
+
+# Crossovers when nothing is recorded for the device kind (measured on an H100,
+# 8192 x 8192 NF4, docs/benchmarks.md): the CUDA-core GEMV up to 4 rows of x,
+# the tensor-core kernel up to 128, dequantize + cuBLAS above.
+DEFAULT_LIMITS = {"gemv_max_m": 4, "mma_max_m": 128}
+
+# Configs measured on an H100 (tools/sweep_lut_kernels.py, 8192 x 8192) by M bucket.
+_DEFAULT_CONFIGS = {
+    "gemv/m1": LutConfig(kind="gemv", block_n=16, chunks=16, num_warps=8),
+    "gemv/m2": LutConfig(kind="gemv", block_n=16, chunks=32, num_warps=8),
+    "gemv/m4": LutConfig(kind="gemv", block_n=16, chunks=16, num_warps=4),
+    "gemv/m8": LutConfig(kind="gemv", block_n=16, chunks=16, num_warps=4),
+    "mma/m16": LutConfig(kind="mma", block_n=128, block_m=16, chunks=2, split_k=4, num_warps=8),
+    "mma/m64": LutConfig(kind="mma", block_n=128, block_m=64, chunks=2, split_k=4, num_warps=8),
+    "mma/m128": LutConfig(kind="mma", block_n=64, block_m=128, chunks=2, split_k=2,
+                          num_warps=4),
+}
+
+
+def limits(device_kind: str | None) -> dict[str, int]:
+  """``{"gemv_max_m", "mma_max_m"}`` recorded for the device kind, else the defaults."""
+  entry = tuning.tuned_entry("matmul_4bit", device_kind, "lut") or {}
+  return {**DEFAULT_LIMITS, **{k: v for k, v in entry.items() if k in DEFAULT_LIMITS}}
+
+
+def can_use_kernel(n: int, k: int, blocksize: int) -> bool:
+  """Whole blocks per row (``K % blocksize == 0``), so K is a multiple of 8."""
+  return n > 0 and k > 0 and blocksize >= 16 and k % blocksize == 0
+
+
+def choose_kind(m: int, dtype, device_kind: str | None = None) -> str | None:
+  """``"gemv"``, ``"mma"`` or None (dequantize + GEMM wins) for M rows of ``dtype``."""
+  lim = limits(device_kind)
+  if m <= min(lim["gemv_max_m"], MAX_GEMV_ROWS):
+    return "gemv"
+  if m <= lim["mma_max_m"] and jnp.dtype(dtype).name in lut_decode.TABLE_DTYPES:
+    return "mma"
+  return None
+
+
+def _bucket(kind: str, m: int) -> str:
+  if kind == "gemv":
+    return f"gemv/m{1 if m <= 1 else 2 if m <= 2 else 4 if m <= 4 else 8}"
+  return f"mma/m{16 if m <= 16 else 64 if m <= 64 else 128}"
+
+
+def get_config(kind: str, m: int, n: int, k: int, blocksize: int,
+               device_kind: str | None = None) -> LutConfig:
+  """Recorded config for the device kind and M bucket (``"lut/<bucket>"``), else H100's."""
+  bucket = _bucket(kind, m)
+  entry = tuning.tuned_entry("matmul_4bit", device_kind, f"lut/{bucket}/{n}x{k}") or \
+      tuning.tuned_entry("matmul_4bit", device_kind, f"lut/{bucket}")
+  config = LutConfig(**entry) if entry else _DEFAULT_CONFIGS[bucket]
+  return fit(config, m, n, k // (2 * scales_lib.chunk_bytes(blocksize)))
+
+
+def matmul_lut(
+    x: jax.Array,
+    w: PackedWeight,
+    *,
+    fmt: WeightFormat,
+    bias: jax.Array | None = None,
+    kind: str | None = None,
+    config: LutConfig | None = None,
+    implementation: str | None = None,
+    interpret: bool | None = None,
+) -> jax.Array:
+  """``x @ W.T + bias`` with the register-table kernels (decode and small batch).
+
+  Args:
+    x: ``[M, K]`` activations (float32 only for the GEMV kernel).
+    w: the packed ``W[N, K]``.
+    fmt: its static format.
+    bias: optional ``[N]``, added in float32.
+    kind: ``"gemv"`` or ``"mma"`` (default: by M, :func:`choose_kind`; M past
+      both limits still runs ``"mma"``).
+    config: launch config (default: recorded for this device kind, or H100's).
+    implementation: None (the kernel on a GPU, else the reference), ``"xla"``
+      or ``"pallas"`` (interpret mode off the GPU).
+    interpret: run in the Pallas interpreter (default: off the GPU).
+
+  Returns:
+    ``[M, N]`` in ``x.dtype``. The GEMV multiplies the exact float32 weight
+    (table value times scale, never rounded); the tensor-core kernel the
+    weight rounded once to ``x.dtype``, as ``matmul_4bit_reference``.
+  """
+  check_operands(x, w, fmt, transpose=False)
+  m = x.shape[0]
+  n, k = w.shape
+  if kind is None:
+    kind = choose_kind(m, x.dtype, None if interpret else common.device_kind()
+                       if common.on_gpu() else None) or "mma"
+  if kind not in ("gemv", "mma"):
+    raise ValueError(f"`kind` must be 'gemv' or 'mma', got {kind!r}.")
+  if kind == "mma" and jnp.dtype(x.dtype).name not in lut_decode.TABLE_DTYPES:
+    raise ValueError(f"The tensor-core kernel needs bfloat16 or float16 `x`, got {x.dtype}; "
+                     f"use kind='gemv' (M <= {MAX_GEMV_ROWS}) or the dequantize route.")
+  implementation = common.choose_implementation(
+      implementation, can_use_kernel(n, k, fmt.blocksize),
+      f"The register-table kernels need K divisible by the blocksize: got N={n}, K={k}, "
+      f"blocksize={fmt.blocksize}.")
+  if implementation == "xla":
+    return lut_matmul_reference(x, w, fmt=fmt, kind=kind, bias=bias)
+  if interpret is None:
+    interpret = not common.on_gpu()
+  nc = k // (2 * scales_lib.chunk_bytes(fmt.blocksize))
+  if config is None:
+    config = get_config(kind, m, n, k, fmt.blocksize, None if interpret else common.device_kind())
+  else:
+    config = fit(dataclasses.replace(config, kind=kind), m, n, nc)
+  if kind == "gemv":
+    return gemv_4bit_triton(x, w, fmt=fmt, config=config, bias=bias, interpret=interpret)
+  return mma_4bit_triton(x, w, fmt=fmt, config=config, bias=bias, interpret=interpret)

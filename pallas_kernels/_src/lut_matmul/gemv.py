@@ -1,0 +1,187 @@
+"""CUDA-core GEMV against a packed 4-bit weight (decode: a few rows of x).
+
+The product is bound by reading the weight: 0.5 byte per weight plus its block
+scale. The weight is read as bitsandbytes stores it, viewed as ``[N, K/8]``
+uint32 words (8 codes each). Program ``(g, s)`` owns the K slice ``s`` of
+``chunks`` quantization chunks and walks the row tiles ``g, g + groups, ...``
+of ``block_n`` rows: the slice's activations are loaded once into registers,
+so the loop streams only weight words and scales (a per-step activation load
+from L2 stalled every warp in an earlier version; docs/benchmarks.md).
+
+Per code: one shift and one warp shuffle that reads the float32 table value
+from the lane holding it (:func:`lut_decode.shfl_element`), one FMA per row of
+x. Each chunk's sum is multiplied by its block scale once (post-scaling), each
+step's row sums go to ``out[s]``, and the slices are summed afterwards with the
+bias in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from pallas_kernels._src import common
+from pallas_kernels._src import lut_decode
+from pallas_kernels._src.lut_matmul import scales as scales_lib
+from pallas_kernels._src.lut_matmul.config import LutConfig, MAX_GEMV_ROWS, TARGET_PROGRAMS
+from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_operands
+
+
+def split_range(split, steps: int, split_k: int):
+  """``[lo, hi)`` of the ``steps`` owned by split ``split``."""
+  per = pl.cdiv(steps, split_k)
+  lo = split * per
+  return lo, jnp.minimum(steps, lo + per)
+
+
+def row_mask(n0, size: int, limit: int):
+  """``n0 + iota < limit`` or None when every tile is full."""
+  if limit % size == 0:
+    return None
+  return n0 + jax.lax.broadcasted_iota(jnp.int32, (size,), 0) < limit
+
+
+def store(ref, value, mask):
+  if mask is None:
+    ref[...] = value
+  else:
+    plgpu.store(ref, value, mask=mask)
+
+
+def _gemv_kernel(x_ref, data_ref, table_ref, *refs, fmt, cfg, m, n, nkb, groups, table_dtype,
+                 interpret):
+  sc = scales_lib.ScaleRefs(refs, fmt)
+  out_ref = refs[-1]
+  bn, t = cfg.block_n, cfg.chunks
+  nw = scales_lib.chunk_bytes(fmt.blocksize) // 4  # words per chunk
+  kw = t * nw  # words of the slice
+  g, s = pl.program_id(0), pl.program_id(1)
+  tiles = pl.cdiv(n, bn)
+  steps = pl.cdiv(tiles, groups)
+  shape = (bn, kw)
+  widx = s * kw + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+  cidx = s * t + jax.lax.broadcasted_iota(jnp.int32, (bn, t), 1)
+  riota = jax.lax.broadcasted_iota(jnp.int32, (bn, t), 0)
+  biota = jax.lax.broadcasted_iota(jnp.int32, (bn,), 0)
+  mul_rn = None if interpret else common.mul_rn
+  fma = (lambda a, b, c: a * b + c) if interpret else common.fma
+  if cfg.decode == "shfl":
+    # This lane's entry of the float32 table (lut_decode.shfl_element).
+    table = table_ref[lut_decode.lane_id(widx, interpret=interpret) & 15]
+  else:
+    # Per-thread loads, hoisted out of the loop (lut_decode.register_table_words).
+    parity = jax.lax.broadcasted_iota(jnp.int32, shape, 0) % 2
+    table = [table_ref[parity, jnp.full(shape, i, jnp.int32)] for i in range(4)]
+  # The slice's activation planes, loaded once, in the tile's layout.
+  xs = [[x_ref[jnp.int32(r), jnp.int32(e), widx] for e in range(8)] for r in range(m)]
+
+  def decode(words, e):
+    if cfg.decode == "shfl":
+      return lut_decode.shfl_element(words, fmt.lut, e, table=table, interpret=interpret)
+    return lut_decode.decode_word_element(words, fmt.lut, table_dtype, e, table=table,
+                                          interpret=interpret)
+
+  def load(step):
+    n0 = jnp.minimum(g + step * groups, tiles - 1) * bn  # clamped: a prefetch past the end
+    ref = data_ref.at[pl.ds(n0, bn), pl.ds(s * kw, kw)]
+    if n % bn == 0:
+      return ref[...]
+    return plgpu.load(ref, mask=(n0 + biota < n)[:, None], other=0)
+
+  def compute(step, words):
+    tile = g + step * groups
+    n0 = jnp.minimum(tile, tiles - 1) * bn
+    scale = sc.chunk_scales(jnp.minimum(n0 + riota, n - 1), cidx, nkb, mul_rn)
+    parts = [None] * m
+    # Elements in lookup order (the prmt decode shares work within a half).
+    for e in lut_decode.LOOKUP_ORDER:
+      elem = decode(words, e)
+      for r in range(m):
+        parts[r] = elem * xs[r][e] if parts[r] is None else fma(elem, xs[r][e], parts[r])
+    valid = (n0 + biota < n) & (tile < tiles)
+    for r in range(m):
+      y = jnp.sum(jnp.sum(parts[r].reshape(bn, t, nw), axis=2) * scale, axis=1)
+      plgpu.store(out_ref.at[s, jnp.int32(r), pl.ds(n0, bn)], y, mask=valid)
+
+  if cfg.prefetch:
+    def body(step, cur):
+      nxt = load(step + 1)  # issued before this step's decode
+      compute(step, cur)
+      return nxt
+    jax.lax.fori_loop(0, steps, body, load(0))
+  else:
+    def body(step, carry):
+      compute(step, load(step))
+      return carry
+    jax.lax.fori_loop(0, steps, body, jnp.int32(0))
+
+
+def gemv_4bit_triton(
+    x: jax.Array,
+    w: PackedWeight,
+    *,
+    fmt: WeightFormat,
+    config: LutConfig,
+    bias: jax.Array | None = None,
+    table_dtype=jnp.float16,
+    interpret: bool = False,
+) -> jax.Array:
+  """``x @ W.T + bias`` for a few rows of x on CUDA cores.
+
+  Args:
+    x: ``[M, K]`` float activations, ``M <= MAX_GEMV_ROWS``.
+    w: the packed ``W[N, K]`` (kernel layout).
+    fmt: its static format.
+    config: a ``"gemv"`` config fitted to the shape (``chunks`` is the width of
+      a K slice; ``split_k`` is unused: the slice count follows from it).
+    bias: optional ``[N]``, added in float32.
+    table_dtype: 16-bit type of the table for ``decode="prmt"`` (the default
+      ``"shfl"`` decode reads the exact float32 table).
+    interpret: run in the Pallas interpreter (jnp decode instead of PTX).
+
+  Returns:
+    ``[M, N]`` in ``x.dtype``: float32 products and sums, rounded once.
+  """
+  check_operands(x, w, fmt, transpose=False)
+  m, k = x.shape
+  n = w.shape[0]
+  if m > MAX_GEMV_ROWS:
+    raise ValueError(f"The GEMV kernel handles at most {MAX_GEMV_ROWS} rows of x, got M={m}.")
+  c = scales_lib.chunk_bytes(fmt.blocksize)
+  nc = k // (2 * c)
+  if config.kind != "gemv" or nc % config.chunks:
+    raise ValueError(f"config {config.name()} does not fit K={k} (chunks of {c} bytes).")
+  slices = nc // config.chunks
+  tiles = -(-n // config.block_n)
+  if config.groups:
+    groups = min(config.groups, tiles)
+  else:  # as few steps as fill TARGET_PROGRAMS, spread evenly over the tiles
+    steps = max(1, -(-tiles * slices // TARGET_PROGRAMS))
+    groups = -(-tiles // steps)
+  xp = x.astype(jnp.float32).reshape(m, k // 8, 8).transpose(0, 2, 1)
+  data = jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.uint32)
+  if config.decode == "shfl":
+    table = jnp.asarray(np.asarray(fmt.lut, np.float32))
+  else:
+    table = jnp.asarray(lut_decode.register_table_words(fmt.lut, table_dtype))
+  kernel = functools.partial(
+      _gemv_kernel, fmt=fmt, cfg=config, m=m, n=n, nkb=k // fmt.blocksize, groups=groups,
+      table_dtype=jnp.dtype(table_dtype), interpret=interpret)
+  out = pl.pallas_call(
+      kernel,
+      grid=(groups, slices),
+      out_shape=jax.ShapeDtypeStruct((slices, m, n), jnp.float32),
+      compiler_params=plgpu.CompilerParams(num_warps=config.num_warps,
+                                           num_stages=config.num_stages),
+      interpret=interpret,
+      name="jaxfp4_gemv_4bit",
+  )(xp, data, table, *scales_lib.scale_operands(w, fmt))
+  out = out.sum(axis=0)
+  if bias is not None:
+    out = out + bias.astype(jnp.float32)[None, :]
+  return out.astype(x.dtype)

@@ -1,0 +1,181 @@
+"""Tensor-core product against a packed 4-bit weight: ``W · xᵀ`` with register decode.
+
+The decoded weight is the left operand (``block_n`` >= 64 rows of W, one
+Hopper warpgroup MMA row block), the tokens the narrow right one (``block_m``
+>= 16 rows of x), so the decode cost per weight does not grow with M. The
+weight is read as bitsandbytes stores it, viewed as ``[N, K/8]`` uint32 words.
+
+Each chunk (one quantization block, at most 64 elements, 8 words per row) is
+decoded per element of a word: with ``decode="shfl"`` (default) the exact
+float32 table value comes from a warp shuffle, is multiplied by the block
+scale and rounded once to the activations' 16-bit type, which is exactly the
+dequantized weight (``dequantize_4bit`` up to the flush of subnormals); with
+``decode="prmt"`` the 16-bit table value comes from byte permutes and the
+chunk's float32 product is multiplied by the scale afterwards. The eight
+element arrays are joined in registers (``lut_decode.join_elements``) and the
+activations are permuted once to that order.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from pallas_kernels._src import common
+from pallas_kernels._src import lut_decode
+from pallas_kernels._src.lut_matmul import scales as scales_lib
+from pallas_kernels._src.lut_matmul.config import LutConfig
+from pallas_kernels._src.lut_matmul.gemv import row_mask, split_range, store
+from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_operands
+
+_DIMS = (((1,), (1,)), ((), ()))  # contract the last axes: [BN, C] x [BM, C] -> [BN, BM]
+
+
+def _mma_kernel(x_ref, data_ref, table_ref, *refs, fmt, cfg, m, n, nkb, has_bias, partial,
+                out_dtype, interpret):
+  sc = scales_lib.ScaleRefs(refs, fmt)
+  bias_ref = refs[sc.count] if has_bias else None
+  out_ref = refs[-1]
+  bm, bn, t = cfg.block_m, cfg.block_n, cfg.chunks
+  nw = scales_lib.chunk_bytes(fmt.blocksize) // 4  # words per chunk
+  i, j, s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  m0, n0 = i * bm, j * bn
+  steps = data_ref.shape[1] // (t * nw)
+  lo, hi = split_range(s, steps, cfg.split_k)
+  nmask = row_mask(n0, bn, n)
+  mmask = row_mask(m0, bm, m)
+  rows = jnp.minimum(n0 + jax.lax.broadcasted_iota(jnp.int32, (bn, 1), 0), n - 1)
+  mul_rn = None if interpret else common.mul_rn
+  table_dtype = x_ref.dtype
+  tshape = (bn, nw)
+  if cfg.decode == "shfl":
+    table = table_ref[lut_decode.lane_id(jnp.zeros(tshape, jnp.int32), interpret=interpret) & 15]
+  else:
+    parity = jax.lax.broadcasted_iota(jnp.int32, tshape, 0) % 2
+    table = None if interpret else [
+        table_ref[parity, jnp.full(tshape, q, jnp.int32)] for q in range(4)]
+
+  def load(step):
+    """The step's weight words and activation chunks (both prefetched a step ahead)."""
+    words, xs = [], []
+    for c in range(t):
+      chunk = step * t + c
+      ref = data_ref.at[pl.ds(n0, bn), pl.ds(chunk * nw, nw)]
+      words.append(ref[...] if nmask is None else
+                   plgpu.load(ref, mask=nmask[:, None], other=0))
+      ref = x_ref.at[pl.ds(m0, bm), pl.ds(chunk * 8 * nw, 8 * nw)]
+      xs.append(ref[...] if mmask is None else plgpu.load(ref, mask=mmask[:, None], other=0))
+    return tuple(words), tuple(xs)
+
+  def accumulate(step, acc, loaded):
+    words, xs = loaded
+    for c in range(t):
+      chunk = step * t + c
+      scale = sc.chunk_scales(rows, jnp.full((1, 1), chunk, jnp.int32), nkb, mul_rn)
+      if cfg.decode == "shfl":
+        # Exact float32 table value times the block scale, rounded once to the
+        # 16-bit type: the dequantized weight itself (no post-scaling).
+        elems = [(lut_decode.shfl_element(words[c], fmt.lut, e, table=table,
+                                          interpret=interpret) * scale).astype(table_dtype)
+                 for e in range(8)]
+      else:
+        elems = [lut_decode.decode_word_element(words[c], fmt.lut, table_dtype, e, table=table,
+                                                out16=True, interpret=interpret)
+                 for e in range(8)]
+      part = jax.lax.dot_general(lut_decode.join_elements(elems), xs[c], _DIMS,
+                                 preferred_element_type=jnp.float32)
+      acc += part if cfg.decode == "shfl" else part * scale
+    return acc
+
+  zeros = jnp.zeros((bn, bm), jnp.float32)
+  if cfg.prefetch:
+    def body(step, carry):
+      acc, cur = carry
+      nxt = load(jnp.minimum(step + 1, hi - 1))
+      return accumulate(step, acc, cur), nxt
+    acc, _ = jax.lax.fori_loop(lo, hi, body, (zeros, load(lo)))
+  else:
+    acc = jax.lax.fori_loop(lo, hi, lambda step, a: accumulate(step, a, load(step)), zeros)
+
+  y = acc.T  # [BM, BN]
+  omask = None
+  if nmask is not None or mmask is not None:
+    omask = ((jnp.ones((bm, 1), jnp.bool_) if mmask is None else mmask[:, None])
+             & (jnp.ones((1, bn), jnp.bool_) if nmask is None else nmask[None, :]))
+  if partial:
+    store(out_ref.at[s, pl.ds(m0, bm), pl.ds(n0, bn)], y, omask)
+  else:
+    if bias_ref is not None:
+      ref = bias_ref.at[pl.ds(n0, bn)]
+      y += (ref[...] if nmask is None else plgpu.load(ref, mask=nmask, other=0.0))[None, :]
+    store(out_ref.at[pl.ds(m0, bm), pl.ds(n0, bn)], y.astype(out_dtype), omask)
+
+
+def mma_4bit_triton(
+    x: jax.Array,
+    w: PackedWeight,
+    *,
+    fmt: WeightFormat,
+    config: LutConfig,
+    bias: jax.Array | None = None,
+    interpret: bool = False,
+) -> jax.Array:
+  """``x @ W.T + bias`` on tensor cores, the weight decoded in registers.
+
+  Args:
+    x: ``[M, K]`` bfloat16 or float16 activations (tensor-core operands of
+      one type: the weight is decoded to ``x.dtype``).
+    w: the packed ``W[N, K]`` (kernel layout).
+    fmt: its static format.
+    config: an ``"mma"`` config fitted to the shape.
+    bias: optional ``[N]``, added in float32.
+    interpret: run in the Pallas interpreter (jnp decode instead of PTX).
+
+  Returns:
+    ``[M, N]`` in ``x.dtype``.
+  """
+  check_operands(x, w, fmt, transpose=False)
+  m, k = x.shape
+  n = w.shape[0]
+  if jnp.dtype(x.dtype).name not in lut_decode.TABLE_DTYPES:
+    raise ValueError(f"The tensor-core kernel needs bfloat16 or float16 `x`, got {x.dtype}.")
+  c = scales_lib.chunk_bytes(fmt.blocksize)
+  nc = k // (2 * c)
+  if config.kind != "mma" or nc % config.chunks:
+    raise ValueError(f"config {config.name()} does not fit K={k} (chunks of {c} bytes).")
+  partial = config.split_k > 1
+  has_bias = bias is not None and not partial
+  if config.decode == "shfl":
+    table = jnp.asarray(np.asarray(fmt.lut, np.float32))
+  else:
+    table = jnp.asarray(lut_decode.register_table_words(fmt.lut, x.dtype))
+  perm = jnp.asarray(lut_decode.join_order())
+  xp = jnp.take(x.reshape(m, k // 8, 8), perm, axis=2).reshape(m, k)
+  data = jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.uint32)
+  args = [xp, data, table] + scales_lib.scale_operands(w, fmt)
+  if has_bias:
+    args.append(bias.astype(jnp.float32))
+  kernel = functools.partial(
+      _mma_kernel, fmt=fmt, cfg=config, m=m, n=n, nkb=k // fmt.blocksize, has_bias=has_bias,
+      partial=partial, out_dtype=jnp.dtype(x.dtype), interpret=interpret)
+  out = pl.pallas_call(
+      kernel,
+      grid=(pl.cdiv(m, config.block_m), pl.cdiv(n, config.block_n), config.split_k),
+      out_shape=jax.ShapeDtypeStruct((config.split_k, m, n) if partial else (m, n),
+                                     jnp.float32 if partial else x.dtype),
+      compiler_params=plgpu.CompilerParams(num_warps=config.num_warps,
+                                           num_stages=config.num_stages),
+      interpret=interpret,
+      name="jaxfp4_mma_4bit",
+  )(*args)
+  if partial:
+    out = out.sum(axis=0)
+    if bias is not None:
+      out = out + bias.astype(jnp.float32)[None, :]
+    out = out.astype(x.dtype)
+  return out

@@ -1,0 +1,203 @@
+"""One suite for the register-table kernels (GEMV and tensor-core) and their reference.
+
+Every case checks the reference and the kernel (Pallas interpreter on the CPU,
+compiled on a GPU) against the exact float64 product of the weight the kernel
+claims to multiply: the float32 table value times the block scale, never
+rounded, for the GEMV; that weight rounded once to ``x.dtype`` for the
+tensor-core kernel. The bound is one output rounding plus float32 accumulation,
+so a wrong tile, a missed mask, a wrong scale or an unwritten row fails.
+
+The decoders' PTX cannot run in the interpreter: ``emulate_ptx`` executes the
+exact program text the kernels inline (constants, selectors, shuffle lane rule)
+in numpy, and a GPU run of this file checks the compiled kernels themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+import pallas_kernels
+from jaxfp4._src import formats
+from pallas_kernels import LutConfig, WeightFormat
+from pallas_kernels._src import lut_decode
+from pallas_kernels._src.lut_matmul import api as lut_api
+from pallas_kernels._src.lut_matmul import config as lut_config
+from pallas_kernels._src.matmul_4bit.reference import decode_scales_reference
+from tests.conftest import on_gpu
+from tests.test_matmul_kernels import check_close, make_weight
+
+INTERPRET = not on_gpu()
+LUTS = {"nf4": tuple(formats.NF4_CODE.tolist()), "fp4": tuple(formats.FP4_DECODE.tolist()),
+        "e2m1": tuple(formats.E2M1_VALUES.tolist())}
+
+
+def exact_weight(w, fmt, table=None) -> np.ndarray:
+  """float64 ``W[N, K]`` = ``table[nibble] * scale`` (``table`` default: ``fmt.lut``)."""
+  n, k = w.shape
+  tab = np.asarray(fmt.lut if table is None else table, np.float64)
+  d = np.asarray(w.data).reshape(n, k // 2)
+  un = np.empty((n, k))
+  un[:, 0::2] = tab[d >> 4]
+  un[:, 1::2] = tab[d & 0xF]
+  return un * np.repeat(np.asarray(decode_scales_reference(w, fmt), np.float64), fmt.blocksize,
+                        axis=1)
+
+
+def kernel_weight(w, fmt, kind: str, decode: str, dtype) -> np.ndarray:
+  """The weight each kernel multiplies (module docstring)."""
+  if decode == "prmt":  # the 16-bit table, scale applied to the float32 sum
+    table = lut_decode.table_values(fmt.lut, jnp.float16 if kind == "gemv" else dtype)
+    return exact_weight(w, fmt, table)
+  if kind == "gemv":
+    return exact_weight(w, fmt)
+  return np.asarray(pallas_kernels.decode_weight_reference(w, fmt, dtype).astype(jnp.float32),
+                    np.float64)
+
+
+CASES = [  # n, k, m, blocksize, encoding, dtype, config
+    (64, 1024, 1, 64, "float", "bfloat16", LutConfig(kind="gemv", block_n=16, chunks=4)),
+    (40, 1024, 3, 128, "nested", "float16", LutConfig(kind="gemv", block_n=16, chunks=2,
+                                                      groups=2)),
+    (48, 256, 2, 32, "byte", "float32", LutConfig(kind="gemv", block_n=16, chunks=4,
+                                                  prefetch=False)),
+    (24, 256, 4, 16, "float*", "bfloat16", LutConfig(kind="gemv", block_n=8, chunks=4)),
+    (32, 512, 1, 64, "float", "float16", LutConfig(kind="gemv", block_n=16, chunks=2,
+                                                   decode="prmt")),
+    (64, 512, 1, 64, "float", "bfloat16", LutConfig(kind="mma", block_n=32, chunks=2)),
+    (40, 1024, 19, 128, "nested", "float16", LutConfig(kind="mma", block_n=16, chunks=2,
+                                                       split_k=2)),
+    (48, 256, 5, 32, "byte", "bfloat16", LutConfig(kind="mma", block_n=16, chunks=2,
+                                                   prefetch=False)),
+    (24, 256, 33, 16, "float*", "float16", LutConfig(kind="mma", block_n=16, block_m=32,
+                                                     chunks=4, split_k=3)),
+    (32, 256, 16, 64, "float", "bfloat16", LutConfig(kind="mma", block_n=16, chunks=2,
+                                                     decode="prmt")),
+]
+
+
+@pytest.mark.parametrize("n,k,m,bs,encoding,dtype,config", CASES,
+                         ids=[f"{c[6].kind}-{c[6].decode}-{c[4]}-bs{c[3]}-m{c[2]}" for c in CASES])
+def test_kernel_and_reference_meet_the_exact_product(n, k, m, bs, encoding, dtype, config):
+  w, fmt = make_weight(n, k, bs, encoding, seed=n + k + m)
+  if config.decode == "prmt":  # a table the 16-bit type holds exactly, so the bound is tight
+    t16 = jnp.float16 if config.kind == "gemv" else jnp.dtype(dtype)
+    fmt = dataclasses.replace(fmt, lut=tuple(lut_decode.table_values(fmt.lut, t16).tolist()))
+  rng = np.random.default_rng(m)
+  x = jnp.asarray(rng.standard_normal((m, k)), jnp.dtype(dtype))
+  bias = jnp.asarray(rng.standard_normal(n), jnp.float32)
+  wk = kernel_weight(w, fmt, config.kind, config.decode, jnp.dtype(dtype))
+  if config.decode == "shfl":  # the reference states the default decode's contract
+    ref = pallas_kernels.lut_matmul_reference(x, w, fmt=fmt, kind=config.kind, bias=bias)
+    check_close(ref, x, wk, dtype, False, bias)
+  got = pallas_kernels.matmul_lut(x, w, fmt=fmt, bias=bias, kind=config.kind, config=config,
+                                  implementation="pallas", interpret=INTERPRET)
+  assert got.dtype == jnp.dtype(dtype) and got.shape == (m, n)
+  check_close(got, x, wk, dtype, False, bias)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4", "e2m1"])
+@pytest.mark.parametrize("table_dtype", ["bfloat16", "float16"])
+def test_prmt_programs_decode_every_code(quant_type, table_dtype):
+  lut = LUTS[quant_type]
+  words = np.random.default_rng(1).integers(0, 2**32, 256, dtype=np.uint64).astype(np.uint32)
+  regs = lut_decode.register_table_words(lut, table_dtype)[0]
+  inputs = {"$1": words, **{f"${i + 2}": np.full_like(words, regs[i]) for i in range(4)}}
+  want16 = lut_decode.table_bits(lut, table_dtype)
+  for e in range(8):
+    shift = 8 * (e // 2) + (4 if e % 2 == 0 else 0)  # element 2b: high nibble of byte b
+    nib = (words >> shift) & 0xF
+    f32 = lut_decode.emulate_ptx(lut_decode.word_element_ptx(lut, table_dtype, e), inputs)["$0"]
+    np.testing.assert_array_equal(f32.view(np.float32),
+                                  lut_decode.table_values(lut, table_dtype)[nib])
+    h = lut_decode.emulate_ptx(lut_decode.word_element_ptx(lut, table_dtype, e, out16=True),
+                               inputs)["$0"]
+    np.testing.assert_array_equal((h & 0xFFFF).astype(np.uint16), want16[nib])
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4", "e2m1"])
+def test_shuffle_programs_read_the_code_from_the_lane_holding_it(quant_type):
+  table = np.asarray(LUTS[quant_type], np.float32)
+  words = np.random.default_rng(2).integers(0, 2**32, 256, dtype=np.uint64).astype(np.uint32)
+  for e in range(8):
+    shift = 8 * (e // 2) + (4 if e % 2 == 0 else 0)
+    got = lut_decode.emulate_ptx(
+        lut_decode.shfl_element_ptx(e), {"$1": words, "$2": np.zeros_like(words)},
+        lane_values=lambda lane: table.view(np.uint32)[lane & 15])["$0"]
+    np.testing.assert_array_equal(got.view(np.float32), table[(words >> shift) & 0xF])
+
+
+def test_emulator_refuses_unknown_instructions():
+  with pytest.raises(ValueError, match="does not know"):
+    lut_decode.emulate_ptx("add.u32 $0, $1, 1;", {"$1": np.zeros(1, np.uint32)})
+
+
+def test_join_order_is_what_join_elements_builds():
+  elems = [jnp.full((2, 3), e, jnp.int32) + 10 * jnp.arange(3)[None] for e in range(8)]
+  joined = np.asarray(lut_decode.join_elements(elems))
+  want = np.asarray([10 * w + e for w in range(3) for e in lut_decode.join_order()])
+  np.testing.assert_array_equal(joined[0], want)
+  assert sorted(lut_decode.join_order()) == list(range(8))
+
+
+def test_tables_round_to_the_16_bit_type():
+  bits = lut_decode.table_bits(LUTS["nf4"], "bfloat16")
+  np.testing.assert_array_equal(
+      bits, np.asarray(LUTS["nf4"], np.float32).astype(ml_dtypes.bfloat16).view(np.uint16))
+  with pytest.raises(ValueError, match="table_dtype"):
+    lut_decode.table_bits(LUTS["nf4"], "float32")
+
+
+def test_config_validation_and_fit():
+  with pytest.raises(ValueError, match="kind"):
+    LutConfig(kind="simt")
+  with pytest.raises(ValueError, match="decode"):
+    LutConfig(decode="gather")
+  with pytest.raises(ValueError, match="block_m"):
+    LutConfig(kind="mma", block_m=8)
+  with pytest.raises(ValueError, match="chunks"):
+    LutConfig(chunks=12)
+  with pytest.raises(ValueError, match="groups"):
+    LutConfig(groups=-1)
+  c = lut_config.fit(LutConfig(kind="gemv", chunks=32), 1, 4096, 224)  # K = 14336
+  assert c.chunks == 32 and 224 % c.chunks == 0
+  c = lut_config.fit(LutConfig(kind="mma", block_m=128, chunks=4, split_k=8), 3, 64, 2)
+  assert (c.block_m, c.chunks, c.split_k) == (16, 2, 1)
+
+
+def test_dispatch_and_recorded_configs():
+  h100 = "nvidia_h100_80gb_hbm3"
+  assert lut_api.limits(h100) == {"gemv_max_m": 4, "mma_max_m": 128}
+  assert lut_api.limits("unknown_gpu") == lut_api.DEFAULT_LIMITS
+  assert lut_api.choose_kind(1, jnp.float32, h100) == "gemv"
+  assert lut_api.choose_kind(8, jnp.float32, h100) is None
+  c = lut_api.get_config("gemv", 1, 8192, 8192, 64, h100)
+  assert c.kind == "gemv" and 128 % c.chunks == 0
+  c = lut_api.get_config("mma", 64, 8192, 8192, 64, h100)
+  assert c.kind == "mma" and c.block_m == 64
+
+
+def test_bad_input_is_named():
+  w, fmt = make_weight(16, 128, 64, "float", seed=0)
+  x32 = jnp.ones((2, 128), jnp.float32)
+  with pytest.raises(ValueError, match="bfloat16 or float16"):
+    pallas_kernels.matmul_lut(x32, w, fmt=fmt, kind="mma", interpret=True)
+  with pytest.raises(ValueError, match="kind"):
+    pallas_kernels.matmul_lut(x32, w, fmt=fmt, kind="simt", interpret=True)
+  with pytest.raises(ValueError, match="x"):
+    pallas_kernels.matmul_lut(jnp.ones((2, 64), jnp.bfloat16), w, fmt=fmt, interpret=True)
+  with pytest.raises(ValueError, match="at most"):
+    pallas_kernels.gemv_4bit_triton(jnp.ones((9, 128), jnp.bfloat16), w, fmt=fmt,
+                                    config=LutConfig(chunks=2), interpret=True)
+
+
+def test_straddling_blocks_use_the_reference():
+  lut = LUTS["nf4"]
+  fmt = WeightFormat(lut=lut, blocksize=64)
+  assert not lut_api.can_use_kernel(6, 40, 64)
+  assert lut_api.can_use_kernel(6, 128, 64)
+  assert fmt.blocksize == 64

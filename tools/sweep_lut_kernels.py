@@ -1,0 +1,214 @@
+"""GPU sweep of the register-table 4-bit kernels against JAX bf16 (development tool).
+
+Times each (kernel, config) on NF4 weights with float32 absmax per 64 (random bytes
+and scales, 8 distinct weights per timed call so nothing stays in L2), checks it
+against the float64 product of the weight the kernel holds, and prints one table
+with JAX bf16 beside it. The runs behind docs/benchmarks.md ("How the kernels got
+there") used this script on each kernel version.
+
+  python3 tools/sweep_lut_kernels.py --shape 8192x8192 --ms 1,16 --json out.json
+  python3 tools/sweep_lut_kernels.py --only 'gemv,n16,c4' --profile   # one config, for ncu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_dtypes  # noqa: E402
+
+from jaxfp4._src import formats  # noqa: E402
+from pallas_kernels import PackedWeight, WeightFormat  # noqa: E402
+from pallas_kernels._src import lut_decode  # noqa: E402
+from pallas_kernels._src.lut_matmul import gemv as gemv_lib  # noqa: E402
+from pallas_kernels._src.lut_matmul import mma as mma_lib  # noqa: E402
+from pallas_kernels._src.lut_matmul.config import LutConfig, fit  # noqa: E402
+
+COPIES = 8
+CPU = jax.default_backend() != "gpu"  # dry run of the script in the interpreter
+
+
+def time_fn(fn, *args, reps=15, per=5):
+  out = fn(*args)
+  jax.block_until_ready(out)
+  for _ in range(2):
+    jax.block_until_ready(fn(*args))
+  ts = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    for _ in range(per):
+      out = fn(*args)
+    jax.block_until_ready(out)
+    ts.append((time.perf_counter() - t0) / per)
+  return statistics.median(ts)
+
+
+def fake_decode(words, lut, element, *, table=None, interpret):
+  """Integer decode (nibble - 8) instead of the shuffle: the loop's cost without the lookup."""
+  shift = 8 * (element // 2) + (4 if element % 2 == 0 else 0)
+  return (((words >> shift) & 0xF).astype(jnp.int32) - 8).astype(jnp.float32)
+
+
+def parse_cfg(text):
+  kw = {}
+  for part in text.split(","):
+    key, val = part.split("=")
+    kw[key] = val if key in ("kind", "decode") else (val == "1" if key == "prefetch" else int(val))
+  return LutConfig(**kw)
+
+
+GEMV_CFGS = [
+    "kind=gemv,block_n=16,chunks=16,num_warps=4",
+    "kind=gemv,block_n=16,chunks=16,num_warps=8",
+    "kind=gemv,block_n=16,chunks=8,num_warps=4",
+    "kind=gemv,block_n=32,chunks=16,num_warps=4",
+    "kind=gemv,block_n=16,chunks=32,num_warps=8",
+    "kind=gemv,block_n=8,chunks=16,num_warps=4",
+    "kind=gemv,block_n=16,chunks=16,num_warps=4,prefetch=0",
+    "kind=gemv,block_n=16,chunks=16,num_warps=4,groups=32",
+    "kind=gemv,block_n=32,chunks=8,num_warps=4",
+    "kind=gemv,block_n=16,chunks=16,num_warps=4,decode=prmt",
+]
+MMA_CFGS = [
+    "kind=mma,block_n=64,chunks=2,num_warps=4,split_k=4",
+    "kind=mma,block_n=64,chunks=4,num_warps=4,split_k=4",
+    "kind=mma,block_n=64,chunks=2,num_warps=4,split_k=4,num_stages=3",
+    "kind=mma,block_n=64,chunks=2,num_warps=4,split_k=8",
+    "kind=mma,block_n=128,chunks=2,num_warps=8,split_k=4",
+    "kind=mma,block_n=64,chunks=2,num_warps=4,split_k=2",
+]
+MMA_BIG = [
+    "kind=mma,block_n=64,block_m=BM,chunks=2,num_warps=4,split_k=4",
+    "kind=mma,block_n=64,block_m=BM,chunks=2,num_warps=4,split_k=4,num_stages=3",
+    "kind=mma,block_n=128,block_m=BM,chunks=2,num_warps=8,split_k=4",
+    "kind=mma,block_n=64,block_m=BM,chunks=2,num_warps=8,split_k=4",
+    "kind=mma,block_n=64,block_m=BM,chunks=2,num_warps=4,split_k=2",
+]
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--shape", default="8192x8192")
+  ap.add_argument("--ms", default="1,16")
+  ap.add_argument("--gemv", default=";".join(GEMV_CFGS))
+  ap.add_argument("--mma", default=";".join(MMA_CFGS))
+  ap.add_argument("--decodes", default="prmt",
+                  help="'prmt' times the real decode (either table), 'fake' an integer decode")
+  ap.add_argument("--only", default=None, help="run one config (for ncu) and exit")
+  ap.add_argument("--only-m", type=int, default=1)
+  ap.add_argument("--only-decode", default="prmt")
+  ap.add_argument("--json", default=None)
+  args = ap.parse_args()
+  print("jax", jax.__version__, jax.devices()[0].device_kind, flush=True)
+  n, k = map(int, args.shape.split("x"))
+  bs = 64
+  rng = np.random.default_rng(0)
+  lut = tuple(formats.NF4_CODE.tolist())
+  fmt = WeightFormat(lut=lut, blocksize=bs)
+  datas = [rng.integers(0, 256, (n, k // bs, bs // 2), dtype=np.uint8) for _ in range(COPIES)]
+  scales = [(rng.random((n, k // bs), dtype=np.float32) * 0.05 + 0.01) for _ in range(COPIES)]
+  ws = [PackedWeight(jnp.asarray(d), jnp.asarray(s)) for d, s in zip(datas, scales)]
+  wbytes = n * k // 2 + n * (k // bs) * 4
+  rows = []
+
+  def exact(x, table_dtype):
+    tab = (np.asarray(lut, np.float32) if table_dtype is None else
+           lut_decode.table_values(lut, table_dtype)).astype(np.float64)
+    d = datas[0].reshape(n, k // 2)
+    un = np.empty((n, k), np.float64)
+    un[:, 0::2] = tab[d >> 4]
+    un[:, 1::2] = tab[d & 15]
+    un *= np.repeat(scales[0].astype(np.float64), bs, axis=1)
+    return np.asarray(x.astype(jnp.float32), np.float64) @ un.T
+
+  def run(kind, cfg_text, m, decode="prmt"):
+    cfg = fit(parse_cfg(cfg_text), m, n, k // bs)
+    if kind == "gemv":
+      fn1 = lambda x, w: gemv_lib.gemv_4bit_triton(x, w, fmt=fmt, config=cfg, interpret=CPU)
+      tdt = jnp.float16
+    else:
+      fn1 = lambda x, w: mma_lib.mma_4bit_triton(x, w, fmt=fmt, config=cfg, interpret=CPU)
+      tdt = jnp.bfloat16
+    f = jax.jit(lambda x, ws: [fn1(x, w) for w in ws])
+    x = jnp.asarray(rng.standard_normal((m, k)), jnp.bfloat16)
+    orig = lut_decode.shfl_element
+    if decode == "fake":
+      lut_decode.shfl_element = fake_decode
+    try:
+      t = time_fn(f, x, ws) / COPIES
+      y = np.asarray(f(x, ws)[0].astype(jnp.float32), np.float64)
+    finally:
+      lut_decode.shfl_element = orig
+    err = float("nan")
+    if decode == "prmt":
+      ref = exact(x, None if cfg.decode == "shfl" else tdt)
+      err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
+    row = dict(kind=kind, decode=decode, m=m, cfg=cfg.name(), us=t * 1e6,
+               tbps=(wbytes + m * k * 2) / t / 1e12, relerr=err)
+    rows.append(row)
+    print(f"{kind:5s} {decode:6s} M={m:<4d} {cfg.name():40s} {t*1e6:8.1f} us "
+          f"{row['tbps']:5.2f} TB/s  err {err:.2e}", flush=True)
+    return t
+
+  if args.only:
+    kind = "gemv" if "gemv" in args.only else "mma"
+    run(kind, args.only, args.only_m, args.only_decode)
+    return
+
+  # Copy roofline: read + write of 1 GiB.
+  big = jnp.asarray(rng.integers(0, 2**31, 2**20 if CPU else 2**28, dtype=np.uint32))
+  tcopy = time_fn(jax.jit(lambda a: a ^ 1), big)
+  copy_bw = 2 * big.nbytes / tcopy
+  print(f"copy roofline {copy_bw/1e12:.3f} TB/s; 4-bit floor {wbytes/copy_bw*1e6:.1f} us", flush=True)
+  del big
+  wb = [jnp.asarray(rng.standard_normal((n, k), dtype=np.float32) * 0.02, jnp.bfloat16)
+        for _ in range(COPIES)]
+  dn = (((1,), (1,)), ((), ()))
+  fb = jax.jit(lambda x, ws: [jax.lax.dot_general(x, w, dn) for w in ws])
+  ms = [int(v) for v in args.ms.split(",")]
+  bf16 = {}
+  for m in sorted(set(ms + [1, 4, 16, 64, 128, 256])):
+    x = jnp.asarray(rng.standard_normal((m, k)), jnp.bfloat16)
+    bf16[m] = time_fn(fb, x, wb) / COPIES
+    print(f"bf16  xla    M={m:<4d} {'':40s} {bf16[m]*1e6:8.1f} us", flush=True)
+  del wb
+  for m in ms:
+    if m <= 4:
+      for c in args.gemv.split(";"):
+        for dec in (args.decodes.split(",") if c == GEMV_CFGS[0] else ["prmt"]):
+          try:
+            run("gemv", c, m, dec)
+          except Exception as e:  # noqa: BLE001  (a sweep reports and goes on)
+            print("FAIL gemv", c, type(e).__name__, str(e)[:300], flush=True)
+    big = [c.replace("BM", str(min(m, 256 if m >= 256 else 128))) for c in MMA_BIG]
+    for c in (args.mma.split(";") if m <= 32 else big):
+      try:
+        run("mma", c, m)
+      except Exception as e:  # noqa: BLE001
+        print("FAIL mma", c, type(e).__name__, str(e)[:300], flush=True)
+  best = {}
+  for r in rows:
+    if r["decode"] == "prmt" and (r["m"] not in best or r["us"] < best[r["m"]]["us"]):
+      best[r["m"]] = r
+  print("\nbest per M (us, x of JAX bf16):")
+  for m, r in sorted(best.items()):
+    print(f"  M={m}: {r['us']:.1f} us {r['cfg']}  {bf16[m]*1e6/r['us']:.2f}x bf16 "
+          f"({bf16[m]*1e6:.1f} us)  {r['tbps']:.2f} TB/s = {100*r['tbps']*1e12/copy_bw:.0f}% copy")
+  if args.json:
+    json.dump(dict(rows=rows, bf16_us={m: v * 1e6 for m, v in bf16.items()},
+                   copy_tbps=copy_bw / 1e12, device=jax.devices()[0].device_kind,
+                   jax=jax.__version__), open(args.json, "w"), indent=1)
+
+
+if __name__ == "__main__":
+  main()
