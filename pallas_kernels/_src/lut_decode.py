@@ -261,6 +261,13 @@ def join_elements(elems: list[jax.Array]) -> jax.Array:
   return octs.reshape(r, 8 * w)
 
 
+def join_natural(elems: list[jax.Array]) -> jax.Array:
+  """:func:`join_elements` with the list reordered so that position ``8w + e`` holds
+  element ``e`` of word ``w``: the unpacked row's own order (no activation permutation)."""
+  order = join_order()
+  return join_elements([elems[order[j]] for j in range(8)])
+
+
 # Elements of a word in the order the two lookups produce them.
 LOOKUP_ORDER = (1, 0, 3, 2, 5, 4, 7, 6)
 

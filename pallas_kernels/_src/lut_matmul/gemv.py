@@ -77,8 +77,13 @@ def _gemv_kernel(x_ref, data_ref, table_ref, *refs, fmt, cfg, m, n, nkb, groups,
     # Per-thread loads, hoisted out of the loop (lut_decode.register_table_words).
     parity = jax.lax.broadcasted_iota(jnp.int32, shape, 0) % 2
     table = [table_ref[parity, jnp.full(shape, i, jnp.int32)] for i in range(4)]
-  # The slice's activation planes, loaded once, in the tile's layout.
-  xs = [[x_ref[jnp.int32(r), jnp.int32(e), widx] for e in range(8)] for r in range(m)]
+  # The slice's activations, loaded once (contiguous) and spread into the tile's
+  # layout: element e of word w of the slice is x[8w + e].
+  xs = []
+  for r in range(m):
+    x8 = x_ref[jnp.int32(r), pl.ds(s * kw, kw), :].astype(jnp.float32)  # [kw, 8]
+    xs.append([jnp.broadcast_to(p.reshape(1, kw), shape)
+               for p in jnp.split(x8, 8, axis=1)])
 
   def decode(words, e):
     if cfg.decode == "shfl":
@@ -163,7 +168,6 @@ def gemv_4bit_triton(
   else:  # as few steps as fill TARGET_PROGRAMS, spread evenly over the tiles
     steps = max(1, -(-tiles * slices // TARGET_PROGRAMS))
     groups = -(-tiles // steps)
-  xp = x.astype(jnp.float32).reshape(m, k // 8, 8).transpose(0, 2, 1)
   data = jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.uint32)
   if config.decode == "shfl":
     table = jnp.asarray(np.asarray(fmt.lut, np.float32))
@@ -180,7 +184,7 @@ def gemv_4bit_triton(
                                            num_stages=config.num_stages),
       interpret=interpret,
       name="jaxfp4_gemv_4bit",
-  )(xp, data, table, *scales_lib.scale_operands(w, fmt))
+  )(x.reshape(m, k // 8, 8), data, table, *scales_lib.scale_operands(w, fmt))
   out = out.sum(axis=0)
   if bias is not None:
     out = out + bias.astype(jnp.float32)[None, :]

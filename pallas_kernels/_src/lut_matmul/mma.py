@@ -12,8 +12,8 @@ scale and rounded once to the activations' 16-bit type, which is exactly the
 dequantized weight (``dequantize_4bit`` up to the flush of subnormals); with
 ``decode="prmt"`` the 16-bit table value comes from byte permutes and the
 chunk's float32 product is multiplied by the scale afterwards. The eight
-element arrays are joined in registers (``lut_decode.join_elements``) and the
-activations are permuted once to that order.
+element arrays are joined in registers in the row's own order
+(``lut_decode.join_natural``), so the activations are used as they are.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def _mma_kernel(x_ref, data_ref, table_ref, *refs, fmt, cfg, m, n, nkb, has_bias
         elems = [lut_decode.decode_word_element(words[c], fmt.lut, table_dtype, e, table=table,
                                                 out16=True, interpret=interpret)
                  for e in range(8)]
-      part = jax.lax.dot_general(lut_decode.join_elements(elems), xs[c], _DIMS,
+      part = jax.lax.dot_general(lut_decode.join_natural(elems), xs[c], _DIMS,
                                  preferred_element_type=jnp.float32)
       acc += part if cfg.decode == "shfl" else part * scale
     return acc
@@ -154,10 +154,8 @@ def mma_4bit_triton(
     table = jnp.asarray(np.asarray(fmt.lut, np.float32))
   else:
     table = jnp.asarray(lut_decode.register_table_words(fmt.lut, x.dtype))
-  perm = jnp.asarray(lut_decode.join_order())
-  xp = jnp.take(x.reshape(m, k // 8, 8), perm, axis=2).reshape(m, k)
   data = jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.uint32)
-  args = [xp, data, table] + scales_lib.scale_operands(w, fmt)
+  args = [x, data, table] + scales_lib.scale_operands(w, fmt)
   if has_bias:
     args.append(bias.astype(jnp.float32))
   kernel = functools.partial(
