@@ -71,7 +71,8 @@ def main(argv=None) -> int:
         err = lambda y, r: float(np.linalg.norm(y - r) / np.linalg.norm(r))
         row = dict(format=tag, M=m, jaxfp4_route=route,
                    jaxfp4_err=err(yj, ref), bnb_err=err(yb, ref),
-                   jaxfp4_err_vs_dequantized=err(yj, ref_deq), bnb_err_vs_dequantized=err(yb, ref_deq))
+                   jaxfp4_err_vs_dequantized=err(yj, ref_deq),
+                   bnb_err_vs_dequantized=err(yb, ref_deq))
         rows.append(row)
         print(f"{tag:7s} M={m:<4d} jaxfp4 [{route}] {row['jaxfp4_err']:.3e}  bitsandbytes "
               f"{row['bnb_err']:.3e}   (vs the bf16-dequantized product: "

@@ -7,7 +7,7 @@ XLA compiles the same IR with its own copy of Triton, so counts can differ a
 little: within 5% for the kernels in docs/benchmarks.md). Prints registers,
 spills, and the instruction mix of each loop body.
 
-  python tools/offline_sass.py gemv --shape 8192x8192 --m 1 --config block_n=16,chunks=16,num_warps=4
+  python tools/offline_sass.py gemv --m 1 --config block_n=16,chunks=16,num_warps=4
   python tools/offline_sass.py mma --shape 8192x8192 --m 16 --config block_n=64,chunks=2,split_k=4
 """
 

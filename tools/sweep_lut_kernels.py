@@ -25,7 +25,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import ml_dtypes  # noqa: E402
 
 from jaxfp4._src import formats  # noqa: E402
 from pallas_kernels import PackedWeight, WeightFormat  # noqa: E402
@@ -169,7 +168,8 @@ def main():
   big = jnp.asarray(rng.integers(0, 2**31, 2**20 if CPU else 2**28, dtype=np.uint32))
   tcopy = time_fn(jax.jit(lambda a: a ^ 1), big)
   copy_bw = 2 * big.nbytes / tcopy
-  print(f"copy roofline {copy_bw/1e12:.3f} TB/s; 4-bit floor {wbytes/copy_bw*1e6:.1f} us", flush=True)
+  print(f"copy roofline {copy_bw / 1e12:.3f} TB/s; 4-bit floor {wbytes / copy_bw * 1e6:.1f} us",
+        flush=True)
   del big
   wb = [jnp.asarray(rng.standard_normal((n, k), dtype=np.float32) * 0.02, jnp.bfloat16)
         for _ in range(COPIES)]

@@ -65,6 +65,28 @@ def row_masks(num_blocks: int, rows: int):
   return mask, mask[:, None]
 
 
+def tile_mask(start, size: int, limit: int):
+  """``start + iota < limit`` for a tile of ``size`` rows, or None when every tile is full."""
+  if limit % size == 0:
+    return None
+  return start + jax.lax.broadcasted_iota(jnp.int32, (size,), 0) < limit
+
+
+def masked_store(ref, value, mask):
+  """``ref[...] = value``, only where ``mask`` (None: everywhere)."""
+  if mask is None:
+    ref[...] = value
+  else:
+    plgpu.store(ref, value, mask=mask)
+
+
+def split_range(split, steps, split_k: int):
+  """``[lo, hi)`` of the ``steps`` along the walked dimension owned by split ``split``."""
+  per = pl.cdiv(steps, split_k)
+  lo = split * per
+  return lo, jnp.minimum(steps, lo + per)
+
+
 def masked_load(ref, mask):
   """``ref[...]``, with rows outside ``mask`` read as zeros (no mask: plain load)."""
   if mask is None:

@@ -32,27 +32,6 @@ from pallas_kernels._src.lut_matmul.config import LutConfig, MAX_GEMV_ROWS, TARG
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_operands
 
 
-def split_range(split, steps: int, split_k: int):
-  """``[lo, hi)`` of the ``steps`` owned by split ``split``."""
-  per = pl.cdiv(steps, split_k)
-  lo = split * per
-  return lo, jnp.minimum(steps, lo + per)
-
-
-def row_mask(n0, size: int, limit: int):
-  """``n0 + iota < limit`` or None when every tile is full."""
-  if limit % size == 0:
-    return None
-  return n0 + jax.lax.broadcasted_iota(jnp.int32, (size,), 0) < limit
-
-
-def store(ref, value, mask):
-  if mask is None:
-    ref[...] = value
-  else:
-    plgpu.store(ref, value, mask=mask)
-
-
 def _gemv_kernel(x_ref, data_ref, table_ref, *refs, fmt, cfg, m, n, nkb, groups, table_dtype,
                  interpret):
   sc = scales_lib.ScaleRefs(refs, fmt)

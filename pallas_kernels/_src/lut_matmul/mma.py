@@ -30,7 +30,6 @@ from pallas_kernels._src import common
 from pallas_kernels._src import lut_decode
 from pallas_kernels._src.lut_matmul import scales as scales_lib
 from pallas_kernels._src.lut_matmul.config import LutConfig
-from pallas_kernels._src.lut_matmul.gemv import row_mask, split_range, store
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_operands
 
 _DIMS = (((1,), (1,)), ((), ()))  # contract the last axes: [BN, C] x [BM, C] -> [BN, BM]
@@ -46,9 +45,9 @@ def _mma_kernel(x_ref, data_ref, table_ref, *refs, fmt, cfg, m, n, nkb, has_bias
   i, j, s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   m0, n0 = i * bm, j * bn
   steps = data_ref.shape[1] // (t * nw)
-  lo, hi = split_range(s, steps, cfg.split_k)
-  nmask = row_mask(n0, bn, n)
-  mmask = row_mask(m0, bm, m)
+  lo, hi = common.split_range(s, steps, cfg.split_k)
+  nmask = common.tile_mask(n0, bn, n)
+  mmask = common.tile_mask(m0, bm, m)
   rows = jnp.minimum(n0 + jax.lax.broadcasted_iota(jnp.int32, (bn, 1), 0), n - 1)
   mul_rn = None if interpret else common.mul_rn
   table_dtype = x_ref.dtype
@@ -108,12 +107,12 @@ def _mma_kernel(x_ref, data_ref, table_ref, *refs, fmt, cfg, m, n, nkb, has_bias
     omask = ((jnp.ones((bm, 1), jnp.bool_) if mmask is None else mmask[:, None])
              & (jnp.ones((1, bn), jnp.bool_) if nmask is None else nmask[None, :]))
   if partial:
-    store(out_ref.at[s, pl.ds(m0, bm), pl.ds(n0, bn)], y, omask)
+    common.masked_store(out_ref.at[s, pl.ds(m0, bm), pl.ds(n0, bn)], y, omask)
   else:
     if bias_ref is not None:
       ref = bias_ref.at[pl.ds(n0, bn)]
       y += (ref[...] if nmask is None else plgpu.load(ref, mask=nmask, other=0.0))[None, :]
-    store(out_ref.at[pl.ds(m0, bm), pl.ds(n0, bn)], y.astype(out_dtype), omask)
+    common.masked_store(out_ref.at[pl.ds(m0, bm), pl.ds(n0, bn)], y.astype(out_dtype), omask)
 
 
 def mma_4bit_triton(

@@ -34,20 +34,6 @@ def _and(a, b):
   return a if b is None else a & b
 
 
-def _store(ref, value, mask):
-  if mask is None:
-    ref[...] = value
-  else:
-    plgpu.store(ref, value, mask=mask)
-
-
-def _row_mask(start, size: int, limit: int):
-  """``start + iota < limit`` or None when every tile is full."""
-  if limit % size == 0:
-    return None
-  return start + jax.lax.broadcasted_iota(jnp.int32, (size,), 0) < limit
-
-
 class _Weight:
   """The weight refs of one kernel and the tile decoder."""
 
@@ -65,7 +51,7 @@ class _Weight:
     """(W_hi, W_lo): ``[bn, tkb * blocksize / 2]`` even and odd K elements of rows n0.."""
     fmt = self.fmt
     half = fmt.blocksize // 2
-    rmask = _row_mask(n0, bn, self.n)
+    rmask = common.tile_mask(n0, bn, self.n)
     data = masked_load(self.data.at[pl.ds(n0, bn), pl.ds(kb0, tkb), :],
                  None if rmask is None else rmask[:, None, None])
     raw = masked_load(self.scales.at[pl.ds(n0, bn), pl.ds(kb0, tkb)],
@@ -98,13 +84,6 @@ class _Weight:
     return scaled(b >> 4), scaled(b & 0xF)
 
 
-def _split_range(split, steps, split_k: int):
-  """``[lo, hi)`` of the ``steps`` along the walked dimension owned by split ``split``."""
-  per = pl.cdiv(steps, split_k)
-  lo = split * per
-  return lo, jnp.minimum(steps, lo + per)
-
-
 def _split_parts(x3: jax.Array):
   r, h, _ = x3.shape
   even, odd = jax.lax.split(x3, (1, 1), axis=2)
@@ -119,9 +98,9 @@ def _forward_kernel(x_ref, *refs, fmt, cfg, m, n, nkb, has_bias, dtype, interpre
   half = fmt.blocksize // 2
   i, j, s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   m0, n0 = i * bm, j * bn
-  mmask = _row_mask(m0, bm, m)
+  mmask = common.tile_mask(m0, bm, m)
   steps = nkb // tkb
-  lo, hi = _split_range(s, steps, cfg.split_k)
+  lo, hi = common.split_range(s, steps, cfg.split_k)
   prec = precision_for(dtype)
   dims = (((1,), (1,)), ((), ()))
 
@@ -136,15 +115,15 @@ def _forward_kernel(x_ref, *refs, fmt, cfg, m, n, nkb, has_bias, dtype, interpre
     return acc
 
   acc = jax.lax.fori_loop(lo, hi, body, jnp.zeros((bm, bn), jnp.float32))
-  nmask = _row_mask(n0, bn, n)
+  nmask = common.tile_mask(n0, bn, n)
   omask = _and(None if mmask is None else mmask[:, None],
                None if nmask is None else nmask[None, :])
   if cfg.split_k == 1:
     if bias_ref is not None:
       acc += masked_load(bias_ref.at[pl.ds(n0, bn)], nmask)[None, :]
-    _store(out_ref.at[pl.ds(m0, bm), pl.ds(n0, bn)], acc.astype(dtype), omask)
+    common.masked_store(out_ref.at[pl.ds(m0, bm), pl.ds(n0, bn)], acc.astype(dtype), omask)
   else:
-    _store(out_ref.at[pl.ds(s * m + m0, bm), pl.ds(n0, bn)], acc, omask)
+    common.masked_store(out_ref.at[pl.ds(s * m + m0, bm), pl.ds(n0, bn)], acc, omask)
 
 
 def _gemv_kernel(x_ref, *refs, fmt, cfg, m, n, nkb, dtype, interpret):
@@ -160,7 +139,7 @@ def _gemv_kernel(x_ref, *refs, fmt, cfg, m, n, nkb, dtype, interpret):
   j, s = pl.program_id(0), pl.program_id(1)
   n0 = j * bn
   steps = nkb // tkb
-  lo, hi = _split_range(s, steps, cfg.split_k)
+  lo, hi = common.split_range(s, steps, cfg.split_k)
 
   def body(t, accs):
     kb0 = t * tkb
@@ -174,9 +153,10 @@ def _gemv_kernel(x_ref, *refs, fmt, cfg, m, n, nkb, dtype, interpret):
 
   zeros = jnp.zeros((bn, bkh), jnp.float32)
   accs = jax.lax.fori_loop(lo, hi, body, tuple(zeros for _ in range(m)))
-  nmask = _row_mask(n0, bn, n)
+  nmask = common.tile_mask(n0, bn, n)
   for r in range(m):
-    _store(out_ref.at[s * m + r, pl.ds(n0, bn)], jnp.sum(accs[r], axis=1), nmask)
+    common.masked_store(out_ref.at[s * m + r, pl.ds(n0, bn)], jnp.sum(accs[r], axis=1),
+                        nmask)
 
 
 def _transposed_kernel(dy_ref, *refs, fmt, cfg, m, n, nkb, dtype, interpret):
@@ -186,16 +166,16 @@ def _transposed_kernel(dy_ref, *refs, fmt, cfg, m, n, nkb, dtype, interpret):
   bkh = tkb * fmt.blocksize // 2
   i, j, s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   m0, kb0 = i * bm, j * tkb
-  mmask = _row_mask(m0, bm, m)
+  mmask = common.tile_mask(m0, bm, m)
   steps = pl.cdiv(n, bn)
-  lo, hi = _split_range(s, steps, cfg.split_k)
+  lo, hi = common.split_range(s, steps, cfg.split_k)
   prec = precision_for(dtype)
   dims = (((1,), (0,)), ((), ()))
 
   def body(t, carry):
     acc_e, acc_o = carry
     n0 = t * bn
-    nmask = _row_mask(n0, bn, n)
+    nmask = common.tile_mask(n0, bn, n)
     dmask = _and(None if mmask is None else mmask[:, None],
                  None if nmask is None else nmask[None, :])
     dy = masked_load(dy_ref.at[pl.ds(m0, bm), pl.ds(n0, bn)], dmask)
@@ -212,7 +192,8 @@ def _transposed_kernel(dy_ref, *refs, fmt, cfg, m, n, nkb, dtype, interpret):
   omask = None if mmask is None else mmask[:, None, None]
   row0 = m0 if cfg.split_k == 1 else s * m + m0
   value = out.astype(dtype) if cfg.split_k == 1 else out
-  _store(out_ref.at[pl.ds(row0, bm), pl.ds(kb0 * fmt.blocksize // 2, bkh), :], value, omask)
+  common.masked_store(out_ref.at[pl.ds(row0, bm), pl.ds(kb0 * fmt.blocksize // 2, bkh), :],
+                      value, omask)
 
 
 def matmul_4bit_triton(
