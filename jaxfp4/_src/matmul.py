@@ -94,12 +94,12 @@ def _route(m: int, state: QuantState, dtype, implementation, transpose: bool) ->
     return "fused"
   if not kernel_common.on_gpu():
     return "xla"
-  kind = kernel_common.device_kind()
+  device = kernel_common.device_kind()
   if usable and not transpose:
-    lut_kind = lut_api.choose_kind(m, dtype, kind)
-    if lut_kind:
-      return lut_kind
-  if usable and matmul_config.prefer_fused(m, transpose, kind):
+    kind = lut_api.choose_kind(m, dtype, device)
+    if kind:
+      return kind
+  if usable and matmul_config.prefer_fused(m, transpose, device):
     return "fused"
   return "dequantize"
 
