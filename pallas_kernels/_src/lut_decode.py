@@ -352,3 +352,24 @@ def shfl_element(words: jax.Array, lut: tuple[float, ...], element: int, *, tabl
       constraints="=r,r,r", pack=1,
       result_shape_dtypes=[jax.ShapeDtypeStruct(words.shape, jnp.float32)])
   return r[0] if isinstance(r, (list, tuple)) else r
+
+
+# --- the table operand of a kernel, for either decode ---------------------------------
+
+
+def table_operand(lut: tuple[float, ...], decode: str, table_dtype) -> jax.Array:
+  """The table array a kernel takes: float32 ``[16]`` (``"shfl"``) or the register
+  table words ``[2, 4]`` (``"prmt"``, :func:`register_table_words`)."""
+  if decode == "shfl":
+    return jnp.asarray(np.asarray(lut, np.float32))
+  return jnp.asarray(register_table_words(lut, table_dtype))
+
+
+def load_table(table_ref, decode: str, shape: tuple[int, ...], *, interpret: bool):
+  """In a kernel, before its loop: the ``table=`` argument of the decoders for
+  elements of ``shape``. ``"shfl"``: this lane's entry (:func:`shfl_element`);
+  ``"prmt"``: the four register words, read at per-thread addresses (row parity)."""
+  if decode == "shfl":
+    return table_ref[lane_id(jnp.zeros(shape, jnp.int32), interpret=interpret) & 15]
+  parity = jax.lax.broadcasted_iota(jnp.int32, shape, 0) % 2
+  return [table_ref[parity, jnp.full(shape, i, jnp.int32)] for i in range(4)]

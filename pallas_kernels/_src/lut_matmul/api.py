@@ -105,9 +105,11 @@ def matmul_lut(
   check_operands(x, w, fmt, transpose=False)
   m = x.shape[0]
   n, k = w.shape
+  if interpret is None:
+    interpret = not common.on_gpu()
+  device = None if interpret else common.device_kind()
   if kind is None:
-    kind = choose_kind(m, x.dtype, None if interpret else common.device_kind()
-                       if common.on_gpu() else None) or "mma"
+    kind = choose_kind(m, x.dtype, device) or "mma"
   if kind not in ("gemv", "mma"):
     raise ValueError(f"`kind` must be 'gemv' or 'mma', got {kind!r}.")
   if kind == "mma" and jnp.dtype(x.dtype).name not in lut_decode.TABLE_DTYPES:
@@ -119,13 +121,11 @@ def matmul_lut(
       f"blocksize={fmt.blocksize}.")
   if implementation == "xla":
     return lut_matmul_reference(x, w, fmt=fmt, kind=kind, bias=bias)
-  if interpret is None:
-    interpret = not common.on_gpu()
-  nc = k // (2 * scales_lib.chunk_bytes(fmt.blocksize))
   if config is None:
-    config = get_config(kind, m, n, k, fmt.blocksize, None if interpret else common.device_kind())
+    config = get_config(kind, m, n, k, fmt.blocksize, device)
   else:
-    config = fit(dataclasses.replace(config, kind=kind), m, n, nc)
+    config = fit(dataclasses.replace(config, kind=kind), m, n,
+                 k // (2 * scales_lib.chunk_bytes(fmt.blocksize)))
   if kind == "gemv":
     return gemv_4bit_triton(x, w, fmt=fmt, config=config, bias=bias, interpret=interpret)
   return mma_4bit_triton(x, w, fmt=fmt, config=config, bias=bias, interpret=interpret)

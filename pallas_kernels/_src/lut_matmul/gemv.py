@@ -21,7 +21,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
@@ -43,19 +42,12 @@ def _gemv_kernel(x_ref, data_ref, table_ref, *refs, fmt, cfg, m, n, nkb, groups,
   tiles = pl.cdiv(n, bn)
   steps = pl.cdiv(tiles, groups)
   shape = (bn, kw)
-  widx = s * kw + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
   cidx = s * t + jax.lax.broadcasted_iota(jnp.int32, (bn, t), 1)
   riota = jax.lax.broadcasted_iota(jnp.int32, (bn, t), 0)
   biota = jax.lax.broadcasted_iota(jnp.int32, (bn,), 0)
   mul_rn = None if interpret else common.mul_rn
   fma = (lambda a, b, c: a * b + c) if interpret else common.fma
-  if cfg.decode == "shfl":
-    # This lane's entry of the float32 table (lut_decode.shfl_element).
-    table = table_ref[lut_decode.lane_id(widx, interpret=interpret) & 15]
-  else:
-    # Per-thread loads, hoisted out of the loop (lut_decode.register_table_words).
-    parity = jax.lax.broadcasted_iota(jnp.int32, shape, 0) % 2
-    table = [table_ref[parity, jnp.full(shape, i, jnp.int32)] for i in range(4)]
+  table = lut_decode.load_table(table_ref, cfg.decode, shape, interpret=interpret)
   # The slice's activations, loaded once (contiguous) and spread into the tile's
   # layout: element e of word w of the slice is x[8w + e].
   xs = []
@@ -148,10 +140,7 @@ def gemv_4bit_triton(
     steps = max(1, -(-tiles * slices // TARGET_PROGRAMS))
     groups = -(-tiles // steps)
   data = jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.uint32)
-  if config.decode == "shfl":
-    table = jnp.asarray(np.asarray(fmt.lut, np.float32))
-  else:
-    table = jnp.asarray(lut_decode.register_table_words(fmt.lut, table_dtype))
+  table = lut_decode.table_operand(fmt.lut, config.decode, table_dtype)
   kernel = functools.partial(
       _gemv_kernel, fmt=fmt, cfg=config, m=m, n=n, nkb=k // fmt.blocksize, groups=groups,
       table_dtype=jnp.dtype(table_dtype), interpret=interpret)

@@ -22,7 +22,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
@@ -51,13 +50,7 @@ def _mma_kernel(x_ref, data_ref, table_ref, *refs, fmt, cfg, m, n, nkb, has_bias
   rows = jnp.minimum(n0 + jax.lax.broadcasted_iota(jnp.int32, (bn, 1), 0), n - 1)
   mul_rn = None if interpret else common.mul_rn
   table_dtype = x_ref.dtype
-  tshape = (bn, nw)
-  if cfg.decode == "shfl":
-    table = table_ref[lut_decode.lane_id(jnp.zeros(tshape, jnp.int32), interpret=interpret) & 15]
-  else:
-    parity = jax.lax.broadcasted_iota(jnp.int32, tshape, 0) % 2
-    table = None if interpret else [
-        table_ref[parity, jnp.full(tshape, q, jnp.int32)] for q in range(4)]
+  table = lut_decode.load_table(table_ref, cfg.decode, (bn, nw), interpret=interpret)
 
   def load(step):
     """The step's weight words and activation chunks (both prefetched a step ahead)."""
@@ -149,10 +142,7 @@ def mma_4bit_triton(
     raise ValueError(f"config {config.name()} does not fit K={k} (chunks of {c} bytes).")
   partial = config.split_k > 1
   has_bias = bias is not None and not partial
-  if config.decode == "shfl":
-    table = jnp.asarray(np.asarray(fmt.lut, np.float32))
-  else:
-    table = jnp.asarray(lut_decode.register_table_words(fmt.lut, x.dtype))
+  table = lut_decode.table_operand(fmt.lut, config.decode, x.dtype)
   data = jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.uint32)
   args = [x, data, table] + scales_lib.scale_operands(w, fmt)
   if has_bias:
