@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -27,6 +25,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from jaxfp4._src import formats  # noqa: E402
+from jaxfp4._src.bench import time_call  # noqa: E402
 from pallas_kernels import PackedWeight, WeightFormat  # noqa: E402
 from pallas_kernels._src import lut_decode  # noqa: E402
 from pallas_kernels._src.lut_matmul import gemv as gemv_lib  # noqa: E402
@@ -35,21 +34,6 @@ from pallas_kernels._src.lut_matmul.config import LutConfig, fit  # noqa: E402
 
 COPIES = 8
 CPU = jax.default_backend() != "gpu"  # dry run of the script in the interpreter
-
-
-def time_fn(fn, *args, reps=15, per=5):
-  out = fn(*args)
-  jax.block_until_ready(out)
-  for _ in range(2):
-    jax.block_until_ready(fn(*args))
-  ts = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    for _ in range(per):
-      out = fn(*args)
-    jax.block_until_ready(out)
-    ts.append((time.perf_counter() - t0) / per)
-  return statistics.median(ts)
 
 
 def fake_decode(words, lut, element, *, table=None, interpret):
@@ -144,7 +128,7 @@ def main():
     if decode == "fake":
       lut_decode.shfl_element = fake_decode
     try:
-      t = time_fn(f, x, ws) / COPIES
+      t = time_call(f, x, ws) / COPIES
       y = np.asarray(f(x, ws)[0].astype(jnp.float32), np.float64)
     finally:
       lut_decode.shfl_element = orig
@@ -166,7 +150,7 @@ def main():
 
   # Copy roofline: read + write of 1 GiB.
   big = jnp.asarray(rng.integers(0, 2**31, 2**20 if CPU else 2**28, dtype=np.uint32))
-  tcopy = time_fn(jax.jit(lambda a: a ^ 1), big)
+  tcopy = time_call(jax.jit(lambda a: a ^ 1), big)
   copy_bw = 2 * big.nbytes / tcopy
   print(f"copy roofline {copy_bw / 1e12:.3f} TB/s; 4-bit floor {wbytes / copy_bw * 1e6:.1f} us",
         flush=True)
@@ -179,7 +163,7 @@ def main():
   bf16 = {}
   for m in sorted(set(ms + [1, 4, 16, 64, 128, 256])):
     x = jnp.asarray(rng.standard_normal((m, k)), jnp.bfloat16)
-    bf16[m] = time_fn(fb, x, wb) / COPIES
+    bf16[m] = time_call(fb, x, wb) / COPIES
     print(f"bf16  xla    M={m:<4d} {'':40s} {bf16[m]*1e6:8.1f} us", flush=True)
   del wb
   for m in ms:
