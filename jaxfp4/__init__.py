@@ -15,6 +15,7 @@ from jaxfp4._src.calibration.report import CandidateResult as CandidateResult
 from jaxfp4._src.calibration.report import LayerCalibration as LayerCalibration
 from jaxfp4._src.formats import QUANT_TYPES as QUANT_TYPES
 from jaxfp4._src.matmul import matmul_4bit as matmul_4bit
+from jaxfp4._src.matmul_group import matmul_4bit_group as matmul_4bit_group
 from jaxfp4._src.outlier_columns import OutlierColumns as OutlierColumns
 from jaxfp4._src.outlier_columns import dequantize_4bit_with_outliers as dequantize_4bit_with_outliers
 from jaxfp4._src.outlier_columns import quantize_4bit_with_outliers as quantize_4bit_with_outliers
@@ -51,6 +52,7 @@ __all__ = (
     "dequantize_fp4",
     "dequantize_nf4",
     "matmul_4bit",
+    "matmul_4bit_group",
     "pack_nibbles",
     "plan_precision",
     "quantize_4bit",

@@ -14,11 +14,12 @@ from jaxfp4._src.flax.fp4_dense import convert_to_fp4 as convert_to_fp4
 from jaxfp4._src.flax.nnx_dense import Dense4bit as Dense4bit
 from jaxfp4._src.flax.nnx_dense import QuantizedWeight as QuantizedWeight
 from jaxfp4._src.flax.nnx_dense import add_lora as add_lora
+from jaxfp4._src.flax.nnx_dense import apply_shared_input as apply_shared_input
 from jaxfp4._src.flax.nnx_dense import merge_lora as merge_lora
 from jaxfp4._src.flax.quantize_model import LayerReport as LayerReport
 from jaxfp4._src.flax.quantize_model import QuantizeReport as QuantizeReport
 from jaxfp4._src.flax.quantize_model import quantize_model as quantize_model
 from jaxfp4._src.flax.quantize_model import record_linear_inputs as record_linear_inputs
 
-__all__ = ("Dense4bit", "FP4Dense", "convert_to_fp4", "add_lora", "LayerReport", "QuantizeReport", "QuantizedWeight", "calibrate", "merge_lora", "quantize_model",
+__all__ = ("Dense4bit", "FP4Dense", "convert_to_fp4", "add_lora", "apply_shared_input", "LayerReport", "QuantizeReport", "QuantizedWeight", "calibrate", "merge_lora", "quantize_model",
            "record_linear_inputs")

@@ -9,8 +9,11 @@ from pallas_kernels._src.dequantize_4bit.reference import (
     dequantize_blocks_reference as dequantize_blocks_reference)
 from pallas_kernels._src.dequantize_4bit.triton import (
     dequantize_blocks_triton as dequantize_blocks_triton)
+from pallas_kernels._src.lut_matmul.api import gemv_lut_group as gemv_lut_group
 from pallas_kernels._src.lut_matmul.api import matmul_lut as matmul_lut
 from pallas_kernels._src.lut_matmul.config import LutConfig as LutConfig
+from pallas_kernels._src.lut_matmul.gemv import (
+    gemv_4bit_group_triton as gemv_4bit_group_triton)
 from pallas_kernels._src.lut_matmul.gemv import gemv_4bit_triton as gemv_4bit_triton
 from pallas_kernels._src.lut_matmul.mma import mma_4bit_triton as mma_4bit_triton
 from pallas_kernels._src.lut_matmul.reference import (
@@ -41,7 +44,9 @@ from pallas_kernels._src.quantize_4bit.triton import (
 
 __all__ = (
     "canonical_nan",
+    "gemv_4bit_group_triton",
     "gemv_4bit_triton",
+    "gemv_lut_group",
     "LutConfig",
     "lut_matmul_reference",
     "matmul_lut",

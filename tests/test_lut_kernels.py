@@ -62,7 +62,7 @@ def kernel_weight(w, fmt, kind: str, decode: str, dtype) -> np.ndarray:
 CASES = [  # n, k, m, blocksize, encoding, dtype, config
     (64, 1024, 1, 64, "float", "bfloat16", LutConfig(kind="gemv", block_n=16, chunks=4)),
     (40, 1024, 3, 128, "nested", "float16", LutConfig(kind="gemv", block_n=16, chunks=2,
-                                                      groups=2)),
+                                                      groups=2, prefetch=2)),
     (48, 256, 2, 32, "byte", "float32", LutConfig(kind="gemv", block_n=16, chunks=4,
                                                   prefetch=False)),
     (24, 256, 4, 16, "float*", "bfloat16", LutConfig(kind="gemv", block_n=8, chunks=4)),

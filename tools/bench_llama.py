@@ -58,6 +58,13 @@ def linear_bytes(model) -> int:
   return total
 
 
+def call_projections_one_by_one() -> None:
+  """Model code calls q/k/v and gate/up separately (no shared 4-bit launch): the baseline
+  of the grouped launch."""
+  from jaxfp4._src.models.llama import model as llama_model
+  llama_model.apply_shared_input = lambda layers, x: tuple(layer(x) for layer in layers)
+
+
 def build(cfg, variant: str, rngs_seed: int = 0):
   model = llama.LlamaForCausalLM(cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(rngs_seed))
   if variant != "bf16":
@@ -135,8 +142,12 @@ def main() -> None:
   p.add_argument("--remat", action="store_true", help="gradient checkpointing in the QLoRA step")
   p.add_argument("--config", choices=("llama_1b", "llama_3b", "llama_8b", "tiny"),
                  default="llama_1b")
+  p.add_argument("--per-layer", action="store_true",
+                 help="call q/k/v and gate/up one by one (no shared 4-bit launch), for comparison")
   p.add_argument("--json", default=None)
   args = p.parse_args()
+  if args.per_layer:
+    call_projections_one_by_one()
   cfg = getattr(llama.LlamaConfig, args.config)()
   dev = jax.devices()[0]
   bw = max(copy_bandwidths(jnp.zeros((256 * 2**20,), jnp.bfloat16)).values())

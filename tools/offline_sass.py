@@ -102,7 +102,7 @@ def main(argv=None) -> int:
 
   n, k = (int(v) for v in args.shape.split("x"))
   bs = args.blocksize
-  kw = {key: (val if key == "decode" else val == "1" if key == "prefetch" else int(val))
+  kw = {key: (val if key == "decode" else int(val))
         for key, val in (item.split("=") for item in args.config.split(",") if item)}
   cfg = fit(LutConfig(kind=args.kind, **kw), args.m, n, k // min(bs, 64))
   fmt = WeightFormat(lut=tuple(formats.NF4_CODE.tolist()), blocksize=bs)

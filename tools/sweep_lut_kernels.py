@@ -13,6 +13,7 @@ there") used this script on each kernel version.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -27,12 +28,16 @@ import jax.numpy as jnp  # noqa: E402
 from jaxfp4._src import formats  # noqa: E402
 from jaxfp4._src.bench import time_call  # noqa: E402
 from pallas_kernels import PackedWeight, WeightFormat  # noqa: E402
+from pallas_kernels._src import common  # noqa: E402
 from pallas_kernels._src import lut_decode  # noqa: E402
+from pallas_kernels._src.lut_matmul import api as lut_api  # noqa: E402
 from pallas_kernels._src.lut_matmul import gemv as gemv_lib  # noqa: E402
 from pallas_kernels._src.lut_matmul import mma as mma_lib  # noqa: E402
 from pallas_kernels._src.lut_matmul.config import LutConfig, fit  # noqa: E402
 
 COPIES = 8
+DATA_JSON = os.path.join(os.path.dirname(__file__), "..", "pallas_kernels", "data",
+                         "matmul_4bit.json")
 CPU = jax.default_backend() != "gpu"  # dry run of the script in the interpreter
 
 
@@ -46,7 +51,7 @@ def parse_cfg(text):
   kw = {}
   for part in text.split(","):
     key, val = part.split("=")
-    kw[key] = val if key in ("kind", "decode") else (val == "1" if key == "prefetch" else int(val))
+    kw[key] = val if key in ("kind", "decode") else int(val)
   return LutConfig(**kw)
 
 
@@ -91,9 +96,40 @@ def main():
   ap.add_argument("--only-m", type=int, default=1)
   ap.add_argument("--only-decode", default="prmt")
   ap.add_argument("--json", default=None)
+  ap.add_argument("--shapes", default=None,
+                  help="several N x K shapes, comma-separated (overrides --shape)")
+  ap.add_argument("--write-configs", default=None, metavar="OUT",
+                  help="write pallas_kernels/data/matmul_4bit.json with each shape's fastest "
+                       "GEMV config added (as 'lut/gemv/m<M>/<N>x<K>') to OUT")
   args = ap.parse_args()
-  print("jax", jax.__version__, jax.devices()[0].device_kind, flush=True)
-  n, k = map(int, args.shape.split("x"))
+  if args.shapes:
+    winners = {}
+    for shape in args.shapes.split(","):
+      rows = sweep_shape(args, shape)
+      for m in sorted({r["m"] for r in rows}):
+        best = min((r for r in rows if r["m"] == m and r["kind"] == "gemv"
+                    and r["decode"] == "prmt"), key=lambda r: r["us"], default=None)
+        if best is not None:
+          winners[f"lut/{lut_api._bucket('gemv', m)}/{shape}"] = best
+    print("\nfastest GEMV config per shape:")
+    for key, r in winners.items():
+      print(f"  {key:28s} {r['us']:7.1f} us  {r['cfg_text']}")
+    if args.write_configs:
+      table = json.loads(open(DATA_JSON).read())
+      entry = table.setdefault(common.device_kind(), {})
+      for key, r in winners.items():
+        entry[key] = dataclasses.asdict(parse_cfg(r["cfg_text"]))
+      with open(args.write_configs, "w") as f:
+        json.dump(table, f, indent=1)
+        f.write("\n")
+    return
+  sweep_shape(args, args.shape)
+
+
+def sweep_shape(args, shape):
+  """Times the configs on one ``N x K`` weight; returns the rows."""
+  print("jax", jax.__version__, jax.devices()[0].device_kind, shape, flush=True)
+  n, k = map(int, shape.split("x"))
   bs = 64
   rng = np.random.default_rng(0)
   lut = tuple(formats.NF4_CODE.tolist())
@@ -136,7 +172,7 @@ def main():
     if decode == "prmt":
       ref = exact(x, None if cfg.decode == "shfl" else tdt)
       err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
-    row = dict(kind=kind, decode=decode, m=m, cfg=cfg.name(), us=t * 1e6,
+    row = dict(kind=kind, decode=decode, m=m, cfg=cfg.name(), cfg_text=cfg_text, us=t * 1e6,
                tbps=(wbytes + m * k * 2) / t / 1e12, relerr=err)
     rows.append(row)
     print(f"{kind:5s} {decode:6s} M={m:<4d} {cfg.name():40s} {t*1e6:8.1f} us "
@@ -146,7 +182,7 @@ def main():
   if args.only:
     kind = "gemv" if "gemv" in args.only else "mma"
     run(kind, args.only, args.only_m, args.only_decode)
-    return
+    return rows
 
   # Copy roofline: read + write of 1 GiB.
   big = jnp.asarray(rng.integers(0, 2**31, 2**20 if CPU else 2**28, dtype=np.uint32))
@@ -161,7 +197,7 @@ def main():
   fb = jax.jit(lambda x, ws: [jax.lax.dot_general(x, w, dn) for w in ws])
   ms = [int(v) for v in args.ms.split(",")]
   bf16 = {}
-  for m in sorted(set(ms + [1, 4, 16, 64, 128, 256])):
+  for m in sorted(set(ms)):
     x = jnp.asarray(rng.standard_normal((m, k)), jnp.bfloat16)
     bf16[m] = time_call(fb, x, wb) / COPIES
     print(f"bf16  xla    M={m:<4d} {'':40s} {bf16[m]*1e6:8.1f} us", flush=True)
@@ -189,9 +225,11 @@ def main():
     print(f"  M={m}: {r['us']:.1f} us {r['cfg']}  {bf16[m]*1e6/r['us']:.2f}x bf16 "
           f"({bf16[m]*1e6:.1f} us)  {r['tbps']:.2f} TB/s = {100*r['tbps']*1e12/copy_bw:.0f}% copy")
   if args.json:
+    path = args.json.replace(".json", f"_{shape}.json") if args.shapes else args.json
     json.dump(dict(rows=rows, bf16_us={m: v * 1e6 for m, v in bf16.items()},
                    copy_tbps=copy_bw / 1e12, device=jax.devices()[0].device_kind,
-                   jax=jax.__version__), open(args.json, "w"), indent=1)
+                   jax=jax.__version__), open(path, "w"), indent=1)
+  return rows
 
 
 if __name__ == "__main__":

@@ -33,10 +33,6 @@ IMPLEMENTATIONS = (None, "xla", "pallas")
 ACTIVATION_DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _next_pow2(n: int) -> int:
-  return 1 << max(0, (n - 1).bit_length())
-
-
 def kernel_weight(data: jax.Array, state: QuantState
                   ) -> tuple[pallas_kernels.PackedWeight, pallas_kernels.WeightFormat]:
   """The packed weight in the kernels' layout (``K % blocksize == 0``)."""
@@ -56,10 +52,11 @@ def kernel_weight(data: jax.Array, state: QuantState
     return (pallas_kernels.PackedWeight(data, raw, table),
             pallas_kernels.WeightFormat(lut=lut, blocksize=bs, scale_kind="byte"))
   if state.nested:
-    a2 = state.state2.absmax
-    group = jnp.pad(a2, (0, _next_pow2(a2.shape[0]) - a2.shape[0]))
+    # The group scales go in as stored: a padded copy would cost a launch per
+    # product (96 per Llama-8B decode step, docs/benchmarks.md).
     table = jnp.asarray(np.asarray(state.state2.code, np.float32))
-    w = pallas_kernels.PackedWeight(data, state.absmax.reshape(n, nkb), table, group,
+    w = pallas_kernels.PackedWeight(data, state.absmax.reshape(n, nkb), table,
+                                    state.state2.absmax.astype(jnp.float32),
                                     jnp.reshape(state.offset, (1,)).astype(jnp.float32))
     return w, pallas_kernels.WeightFormat(lut=lut, blocksize=bs, scale_kind="byte",
                                           scale_multiplier=mult,

@@ -9,6 +9,7 @@ two without re-packing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Callable
 
 import jax
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 
 from jaxfp4._src import formats
 from jaxfp4._src.matmul import matmul_4bit
+from jaxfp4._src.matmul_group import matmul_4bit_group
 from jaxfp4._src.outlier_columns import OutlierColumns, dequantize_4bit_with_outliers, quantize_4bit_with_outliers
 from jaxfp4._src.quantize import dequantize_4bit, quantize_4bit
 from jaxfp4._src.state import QuantState
@@ -116,6 +118,39 @@ def dense_4bit(
     delta = (h @ lora_a.astype(dt)) @ lora_b.astype(dt)
     y = y + (delta * jnp.asarray(lora_scale, dt)).astype(dt)
   return y
+
+
+def dense_4bit_group(x: jax.Array, layers: Sequence[dict], *, dtype,
+                     implementation: str | None) -> tuple[jax.Array, ...]:
+  """:func:`dense_4bit` for layers that read the same ``x`` (each a dict of its
+  keyword arguments plus ``packed`` and ``state``): the 4-bit products share
+  one launch where :func:`matmul_4bit_group` can, the adapters run per layer."""
+  x = jnp.asarray(x)
+  for layer in layers:
+    if x.ndim < 1 or x.shape[-1] != layer["state"].shape[1]:
+      raise ValueError(f"Input `x` must have last dim {layer['state'].shape[1]} (in_features), "
+                       f"got shape {x.shape}.")
+  dts = {compute_dtype(x, d["state"], dtype, d["bias"], d["lora_a"]) for d in layers}
+  if len(dts) != 1:  # no common compute dtype: each layer on its own
+    return tuple(dense_4bit(x, d["packed"], d["state"], dtype=dtype,
+                            implementation=implementation,
+                            **{k: v for k, v in d.items() if k not in ("packed", "state")})
+                 for d in layers)
+  (dt,) = dts
+  if not jnp.issubdtype(dt, jnp.floating) or dt.name not in formats.INPUT_DTYPES:
+    raise ValueError(f"The compute `dtype` must be one of {formats.INPUT_DTYPES}, got {dt}.")
+  x = x.astype(dt)
+  ys = matmul_4bit_group(x, [(d["packed"], d["state"]) for d in layers],
+                         biases=[None if d["bias"] is None else d["bias"].astype(dt)
+                                 for d in layers], implementation=implementation)
+  out = []
+  for y, d in zip(ys, layers):
+    if d["lora_a"] is not None:
+      h = x if d["dropout"] is None else d["dropout"](x)
+      delta = (h @ d["lora_a"].astype(dt)) @ d["lora_b"].astype(dt)
+      y = y + (delta * jnp.asarray(d["lora_scale"], dt)).astype(dt)
+    out.append(y)
+  return tuple(out)
 
 
 def merged_weight(packed: jax.Array, state: QuantState, lora_a, lora_b, lora_scale: float,

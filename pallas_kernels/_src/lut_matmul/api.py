@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ from pallas_kernels._src import lut_decode
 from pallas_kernels._src import tuning
 from pallas_kernels._src.lut_matmul import scales as scales_lib
 from pallas_kernels._src.lut_matmul.config import LutConfig, MAX_GEMV_ROWS, fit
-from pallas_kernels._src.lut_matmul.gemv import gemv_4bit_triton
+from pallas_kernels._src.lut_matmul.gemv import gemv_4bit_group_triton, gemv_4bit_triton
 from pallas_kernels._src.lut_matmul.mma import mma_4bit_triton
 from pallas_kernels._src.lut_matmul.reference import lut_matmul_reference
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_operands
@@ -129,3 +130,62 @@ def matmul_lut(
   if kind == "gemv":
     return gemv_4bit_triton(x, w, fmt=fmt, config=config, bias=bias, interpret=interpret)
   return mma_4bit_triton(x, w, fmt=fmt, config=config, bias=bias, interpret=interpret)
+
+
+def gemv_lut_group(
+    x: jax.Array,
+    ws: Sequence[PackedWeight],
+    *,
+    fmt: WeightFormat,
+    biases: Sequence[jax.Array | None] | None = None,
+    config: LutConfig | None = None,
+    implementation: str | None = None,
+    interpret: bool | None = None,
+) -> tuple[jax.Array, ...]:
+  """``x @ W_i.T + bias_i`` for weights that share ``x``: one GEMV launch.
+
+  The decode step's q/k/v (and gate/up) projections read one input; one launch
+  for the group instead of one per weight removes the launch gaps between them.
+  Same contract as ``matmul_lut(..., kind="gemv")`` for each weight.
+
+  Args:
+    x: ``[M, K]`` activations, ``M <= MAX_GEMV_ROWS``.
+    ws: the packed ``W_i[N_i, K]``, one static format ``fmt``.
+    fmt: their format.
+    biases: optional, one ``[N_i]`` or None per weight.
+    config: launch config (default: recorded for this device kind and the
+      summed N, or H100's).
+    implementation, interpret: as :func:`matmul_lut`.
+
+  Returns:
+    One ``[M, N_i]`` array in ``x.dtype`` per weight.
+  """
+  ws = tuple(ws)
+  if not ws:
+    raise ValueError("`ws` must hold at least one weight.")
+  biases = (None,) * len(ws) if biases is None else tuple(biases)
+  if len(biases) != len(ws):
+    raise ValueError(f"`biases` must have one entry per weight ({len(ws)}), got {len(biases)}.")
+  for w in ws:
+    check_operands(x, w, fmt, transpose=False)
+  m, k = x.shape
+  if m > MAX_GEMV_ROWS:
+    raise ValueError(f"The GEMV kernel handles at most {MAX_GEMV_ROWS} rows of x, got M={m}.")
+  n_total = sum(w.shape[0] for w in ws)
+  if interpret is None:
+    interpret = not common.on_gpu()
+  implementation = common.choose_implementation(
+      implementation, can_use_kernel(n_total, k, fmt.blocksize),
+      f"The register-table kernels need K divisible by the blocksize: got K={k}, "
+      f"blocksize={fmt.blocksize}.")
+  if implementation == "xla":
+    return tuple(lut_matmul_reference(x, w, fmt=fmt, kind="gemv", bias=b)
+                 for w, b in zip(ws, biases))
+  nc = k // (2 * scales_lib.chunk_bytes(fmt.blocksize))
+  if config is None:
+    config = get_config("gemv", m, n_total, k, fmt.blocksize,
+                        None if interpret else common.device_kind())
+  else:
+    config = fit(dataclasses.replace(config, kind="gemv"), m, n_total, nc)
+  return gemv_4bit_group_triton(x, ws, fmt=fmt, config=config, biases=biases,
+                                interpret=interpret)

@@ -35,8 +35,9 @@ class LutConfig:
     chunks: ``"gemv"``: chunks per K slice; ``"mma"``: chunks per step.
     split_k: ``"mma"``: programs per output tile along K.
     num_warps, num_stages: Triton launch parameters.
-    prefetch: load the next step's bytes before decoding this step's, so two
-      steps of weight bytes are in flight per program.
+    prefetch: steps of weight bytes loaded ahead of the one being decoded
+      (0: none; ``True`` counts as 1; ``"gemv"`` takes up to 3, ``"mma"`` 1),
+      so ``prefetch + 1`` steps of bytes are in flight per program.
     decode: ``"shfl"`` (float32 table in the lanes of each half-warp, one
       warp shuffle per code) or ``"prmt"`` (16-bit table in byte permutes).
     groups: ``"gemv"``: programs along N (0: enough for ``TARGET_PROGRAMS``).
@@ -49,7 +50,7 @@ class LutConfig:
   split_k: int = 1
   num_warps: int = 4
   num_stages: int = 1
-  prefetch: bool = True
+  prefetch: int = 1
   decode: str = "shfl"
   groups: int = 0
 
@@ -64,6 +65,9 @@ class LutConfig:
                        f"got {self.block_m} and {self.block_n}.")
     if self.groups < 0:
       raise ValueError(f"`groups` must be >= 0, got {self.groups}.")
+    if not 0 <= int(self.prefetch) <= (3 if self.kind == "gemv" else 1):
+      raise ValueError(f"`prefetch` must be 0..3 for 'gemv' and 0..1 for 'mma', "
+                       f"got {self.prefetch!r}.")
     if self.split_k < 1:
       raise ValueError(f"`split_k` must be >= 1, got {self.split_k}.")
 
@@ -71,7 +75,11 @@ class LutConfig:
     m = f"m{self.block_m}," if self.kind == "mma" else ""
     g = f",g{self.groups}" if self.groups else ""
     return (f"{self.kind},{m}n{self.block_n},c{self.chunks},s{self.split_k}{g},w{self.num_warps},"
-            f"st{self.num_stages}{',pf' if self.prefetch else ''},{self.decode}")
+            f"st{self.num_stages}{self._prefetch_name()},{self.decode}")
+
+  def _prefetch_name(self) -> str:
+    depth = int(self.prefetch)
+    return "" if depth == 0 else ",pf" if depth == 1 else f",pf{depth}"
 
 
 def _pow2_divisor(n: int) -> int:

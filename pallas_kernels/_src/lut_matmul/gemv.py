@@ -18,6 +18,7 @@ bias in float32.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,16 +32,16 @@ from pallas_kernels._src.lut_matmul.config import LutConfig, MAX_GEMV_ROWS, TARG
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_operands
 
 
-def _gemv_kernel(x_ref, data_ref, table_ref, *refs, fmt, cfg, m, n, nkb, groups, table_dtype,
+def _gemv_kernel(x_ref, table_ref, *refs, fmt, cfg, m, ns, nkb, groups, table_dtype,
                  interpret):
-  sc = scales_lib.ScaleRefs(refs, fmt)
-  out_ref = refs[-1]
+  """One launch for every weight of the group: program ``g`` along axis 0 works
+  on weight ``i`` when ``sum(groups[:i]) <= g < sum(groups[:i + 1])``."""
+  count = 1 + scales_lib.ScaleRefs.operand_count(fmt)  # words + scale operands per weight
+  outs = refs[count * len(ns):]
   bn, t = cfg.block_n, cfg.chunks
   nw = scales_lib.chunk_bytes(fmt.blocksize) // 4  # words per chunk
   kw = t * nw  # words of the slice
   g, s = pl.program_id(0), pl.program_id(1)
-  tiles = pl.cdiv(n, bn)
-  steps = pl.cdiv(tiles, groups)
   shape = (bn, kw)
   cidx = s * t + jax.lax.broadcasted_iota(jnp.int32, (bn, t), 1)
   riota = jax.lax.broadcasted_iota(jnp.int32, (bn, t), 0)
@@ -49,7 +50,7 @@ def _gemv_kernel(x_ref, data_ref, table_ref, *refs, fmt, cfg, m, n, nkb, groups,
   fma = (lambda a, b, c: a * b + c) if interpret else common.fma
   table = lut_decode.load_table(table_ref, cfg.decode, shape, interpret=interpret)
   # The slice's activations, loaded once (contiguous) and spread into the tile's
-  # layout: element e of word w of the slice is x[8w + e].
+  # layout: element e of word w of the slice is x[8w + e]. Shared by the group.
   xs = []
   for r in range(m):
     x8 = x_ref[jnp.int32(r), pl.ds(s * kw, kw), :].astype(jnp.float32)  # [kw, 8]
@@ -62,39 +63,56 @@ def _gemv_kernel(x_ref, data_ref, table_ref, *refs, fmt, cfg, m, n, nkb, groups,
     return lut_decode.decode_word_element(words, fmt.lut, table_dtype, e, table=table,
                                           interpret=interpret)
 
-  def load(step):
-    n0 = jnp.minimum(g + step * groups, tiles - 1) * bn  # clamped: a prefetch past the end
-    ref = data_ref.at[pl.ds(n0, bn), pl.ds(s * kw, kw)]
-    if n % bn == 0:
-      return ref[...]
-    return plgpu.load(ref, mask=(n0 + biota < n)[:, None], other=0)
+  def run(i, gi):
+    """Program ``gi`` of weight ``i``: its row tiles ``gi, gi + groups[i], ...``."""
+    data_ref = refs[count * i]
+    sc = scales_lib.ScaleRefs(refs[count * i + 1:count * (i + 1)], fmt)
+    out_ref, n = outs[i], ns[i]
+    tiles = pl.cdiv(n, bn)
+    steps = pl.cdiv(tiles, groups[i])
 
-  def compute(step, words):
-    tile = g + step * groups
-    n0 = jnp.minimum(tile, tiles - 1) * bn
-    scale = sc.chunk_scales(jnp.minimum(n0 + riota, n - 1), cidx, nkb, mul_rn)
-    parts = [None] * m
-    # Elements in lookup order (the prmt decode shares work within a half).
-    for e in lut_decode.LOOKUP_ORDER:
-      elem = decode(words, e)
+    def load(step):
+      n0 = jnp.minimum(gi + step * groups[i], tiles - 1) * bn  # clamped: a prefetch past the end
+      ref = data_ref.at[pl.ds(n0, bn), pl.ds(s * kw, kw)]
+      if n % bn == 0:
+        return ref[...]
+      return plgpu.load(ref, mask=(n0 + biota < n)[:, None], other=0)
+
+    def compute(step, words):
+      tile = gi + step * groups[i]
+      n0 = jnp.minimum(tile, tiles - 1) * bn
+      scale = sc.chunk_scales(jnp.minimum(n0 + riota, n - 1), cidx, nkb, mul_rn)
+      parts = [None] * m
+      # Elements in lookup order (the prmt decode shares work within a half).
+      for e in lut_decode.LOOKUP_ORDER:
+        elem = decode(words, e)
+        for r in range(m):
+          parts[r] = elem * xs[r][e] if parts[r] is None else fma(elem, xs[r][e], parts[r])
+      valid = (n0 + biota < n) & (tile < tiles)
       for r in range(m):
-        parts[r] = elem * xs[r][e] if parts[r] is None else fma(elem, xs[r][e], parts[r])
-    valid = (n0 + biota < n) & (tile < tiles)
-    for r in range(m):
-      y = jnp.sum(jnp.sum(parts[r].reshape(bn, t, nw), axis=2) * scale, axis=1)
-      plgpu.store(out_ref.at[s, jnp.int32(r), pl.ds(n0, bn)], y, mask=valid)
+        y = jnp.sum(jnp.sum(parts[r].reshape(bn, t, nw), axis=2) * scale, axis=1)
+        plgpu.store(out_ref.at[s, jnp.int32(r), pl.ds(n0, bn)], y, mask=valid)
 
-  if cfg.prefetch:
-    def body(step, cur):
-      nxt = load(step + 1)  # issued before this step's decode
-      compute(step, cur)
-      return nxt
-    jax.lax.fori_loop(0, steps, body, load(0))
-  else:
-    def body(step, carry):
-      compute(step, load(step))
-      return carry
-    jax.lax.fori_loop(0, steps, body, jnp.int32(0))
+    depth = int(cfg.prefetch)
+    if depth:
+      def body(step, ahead):
+        nxt = load(step + depth)  # issued before this step's decode
+        compute(step, ahead[0])
+        return ahead[1:] + (nxt,)
+      jax.lax.fori_loop(0, steps, body, tuple(load(jnp.int32(j)) for j in range(depth)))
+    else:
+      def body(step, carry):
+        compute(step, load(step))
+        return carry
+      jax.lax.fori_loop(0, steps, body, jnp.int32(0))
+
+  if len(ns) == 1:
+    run(0, g)
+    return
+  first = 0
+  for i, gi in enumerate(groups):
+    pl.when((g >= first) & (g < first + gi))(functools.partial(run, i, g - first))
+    first += gi
 
 
 def gemv_4bit_triton(
@@ -123,9 +141,48 @@ def gemv_4bit_triton(
   Returns:
     ``[M, N]`` in ``x.dtype``: float32 products and sums, rounded once.
   """
-  check_operands(x, w, fmt, transpose=False)
+  (out,) = gemv_4bit_group_triton(x, (w,), fmt=fmt, config=config, biases=(bias,),
+                                  table_dtype=table_dtype, interpret=interpret)
+  return out
+
+
+def gemv_4bit_group_triton(
+    x: jax.Array,
+    ws: Sequence[PackedWeight],
+    *,
+    fmt: WeightFormat,
+    config: LutConfig,
+    biases: Sequence[jax.Array | None] | None = None,
+    table_dtype=jnp.float16,
+    interpret: bool = False,
+) -> tuple[jax.Array, ...]:
+  """``x @ W_i.T + bias_i`` for every weight of a group, in one launch.
+
+  The weights share ``x``, ``K`` and the static format (q/k/v or gate/up
+  projections of a decoder layer); one launch instead of one per weight saves
+  the launch gaps of a decode step and loads the activations once per slice.
+
+  Args:
+    x: ``[M, K]`` float activations, ``M <= MAX_GEMV_ROWS``.
+    ws: the packed ``W_i[N_i, K]`` (kernel layout).
+    fmt: their common static format.
+    config: a ``"gemv"`` config fitted to ``K``.
+    biases: optional, one ``[N_i]`` or None per weight, added in float32.
+    table_dtype, interpret: as :func:`gemv_4bit_triton`.
+
+  Returns:
+    One ``[M, N_i]`` array in ``x.dtype`` per weight.
+  """
+  ws = tuple(ws)
+  if not ws:
+    raise ValueError("`ws` must hold at least one weight.")
+  biases = (None,) * len(ws) if biases is None else tuple(biases)
+  if len(biases) != len(ws):
+    raise ValueError(f"`biases` must have one entry per weight ({len(ws)}), got {len(biases)}.")
+  for w in ws:
+    check_operands(x, w, fmt, transpose=False)
   m, k = x.shape
-  n = w.shape[0]
+  ns = tuple(w.shape[0] for w in ws)
   if m > MAX_GEMV_ROWS:
     raise ValueError(f"The GEMV kernel handles at most {MAX_GEMV_ROWS} rows of x, got M={m}.")
   c = scales_lib.chunk_bytes(fmt.blocksize)
@@ -133,27 +190,33 @@ def gemv_4bit_triton(
   if config.kind != "gemv" or nc % config.chunks:
     raise ValueError(f"config {config.name()} does not fit K={k} (chunks of {c} bytes).")
   slices = nc // config.chunks
-  tiles = -(-n // config.block_n)
-  if config.groups:
-    groups = min(config.groups, tiles)
+  tiles = [-(-n // config.block_n) for n in ns]
+  if config.groups:  # programs along N for the whole group, shared in proportion to the rows
+    steps = max(1, -(-sum(tiles) // config.groups))
   else:  # as few steps as fill TARGET_PROGRAMS, spread evenly over the tiles
-    steps = max(1, -(-tiles * slices // TARGET_PROGRAMS))
-    groups = -(-tiles // steps)
-  data = jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.uint32)
+    steps = max(1, -(-sum(tiles) * slices // TARGET_PROGRAMS))
+  groups = tuple(-(-tn // steps) for tn in tiles)
   table = lut_decode.table_operand(fmt.lut, config.decode, table_dtype)
+  operands = []
+  for w, n in zip(ws, ns):
+    operands.append(jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.uint32))
+    operands += scales_lib.scale_operands(w, fmt)
   kernel = functools.partial(
-      _gemv_kernel, fmt=fmt, cfg=config, m=m, n=n, nkb=k // fmt.blocksize, groups=groups,
+      _gemv_kernel, fmt=fmt, cfg=config, m=m, ns=ns, nkb=k // fmt.blocksize, groups=groups,
       table_dtype=jnp.dtype(table_dtype), interpret=interpret)
-  out = pl.pallas_call(
+  outs = pl.pallas_call(
       kernel,
-      grid=(groups, slices),
-      out_shape=jax.ShapeDtypeStruct((slices, m, n), jnp.float32),
+      grid=(sum(groups), slices),
+      out_shape=[jax.ShapeDtypeStruct((slices, m, n), jnp.float32) for n in ns],
       compiler_params=plgpu.CompilerParams(num_warps=config.num_warps,
                                            num_stages=config.num_stages),
       interpret=interpret,
       name="jaxfp4_gemv_4bit",
-  )(x.reshape(m, k // 8, 8), data, table, *scales_lib.scale_operands(w, fmt))
-  out = out.sum(axis=0)
-  if bias is not None:
-    out = out + bias.astype(jnp.float32)[None, :]
-  return out.astype(x.dtype)
+  )(x.reshape(m, k // 8, 8), table, *operands)
+  results = []
+  for out, bias in zip(outs, biases):
+    out = out.sum(axis=0)
+    if bias is not None:
+      out = out + bias.astype(jnp.float32)[None, :]
+    results.append(out.astype(x.dtype))
+  return tuple(results)

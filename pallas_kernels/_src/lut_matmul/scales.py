@@ -40,6 +40,11 @@ class ScaleRefs:
       self.group, self.offset = refs.pop(0), refs.pop(0)
     self.count = 1 + (self.table is not None) + 2 * (self.group is not None)
 
+  @staticmethod
+  def operand_count(fmt: WeightFormat) -> int:
+    """How many operands :func:`scale_operands` gives for ``fmt``."""
+    return 1 + (fmt.scale_kind == "byte") + 2 * bool(fmt.nested_blocksize)
+
   def chunk_scales(self, rows: jax.Array, chunks: jax.Array, nkb: int, mul_rn) -> jax.Array:
     """float32 scale of each (row, chunk) pair; ``rows`` and ``chunks`` broadcast.
 

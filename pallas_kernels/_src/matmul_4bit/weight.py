@@ -66,7 +66,8 @@ class PackedWeight(NamedTuple):
     data: uint8 ``[N, K // blocksize, blocksize // 2]``.
     scales: float32 or uint8 ``[N, K // blocksize]``.
     scale_table: float32 ``[256]`` (byte scales).
-    group_scales: float32 ``[G]`` with G a power of two (nested).
+    group_scales: float32 ``[G]``, ``G >= ceil(N * K / blocksize / nested_blocksize)``
+      (nested).
     offset: float32 ``[1]`` (nested).
   """
 
@@ -98,8 +99,8 @@ def check_weight(w: PackedWeight, fmt: WeightFormat) -> None:
   if w.group_scales is not None:
     g = w.group_scales.shape[0]
     need = -(-w.scales.size // fmt.nested_blocksize)
-    if g & (g - 1) or g < need:
-      raise ValueError(f"`group_scales` must have a power-of-two length >= {need}, got {g}.")
+    if g < need:
+      raise ValueError(f"`group_scales` must have a length >= {need}, got {g}.")
 
 
 def check_operands(x: jax.Array, w: PackedWeight, fmt: WeightFormat, transpose: bool) -> None:

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxfp4._src.flax.nnx_dense import apply_shared_input
 from jaxfp4._src.models.llama.config import LlamaConfig
 
 LinearFactory = Callable[[str, int, int, bool], nnx.Module]
@@ -171,9 +172,11 @@ class LlamaAttention(nnx.Module):
     bsz, t, _ = x.shape
     h, kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
     dtype = self.dtype
-    q = self.q_proj(x).astype(dtype).reshape(bsz, t, h, d)
-    k = self.k_proj(x).astype(dtype).reshape(bsz, t, kv, d)
-    v = self.v_proj(x).astype(dtype).reshape(bsz, t, kv, d)
+    # One 4-bit launch for the three projections at decode batch sizes.
+    q, k, v = apply_shared_input((self.q_proj, self.k_proj, self.v_proj), x)
+    q = q.astype(dtype).reshape(bsz, t, h, d)
+    k = k.astype(dtype).reshape(bsz, t, kv, d)
+    v = v.astype(dtype).reshape(bsz, t, kv, d)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     if cache_kv is not None:
       ck, cv = cache_kv
@@ -213,10 +216,11 @@ class LlamaMLP(nnx.Module):
     self.down_proj = linear(f"{prefix}.down_proj", c.intermediate_size, c.hidden_size, c.mlp_bias)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    gate = self.gate_proj(x).astype(self.dtype)
+    gate, up = apply_shared_input((self.gate_proj, self.up_proj), x)
+    gate = gate.astype(self.dtype)
     # torch's silu evaluates in float32 internally and rounds once.
     act = jax.nn.silu(gate.astype(jnp.float32)).astype(self.dtype)
-    return self.down_proj(act * self.up_proj(x).astype(self.dtype)).astype(self.dtype)
+    return self.down_proj(act * up.astype(self.dtype)).astype(self.dtype)
 
 
 class LlamaDecoderLayer(nnx.Module):
