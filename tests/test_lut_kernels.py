@@ -70,7 +70,7 @@ CASES = [  # n, k, m, blocksize, encoding, dtype, config
                                                    decode="prmt")),
     (64, 512, 1, 64, "float", "bfloat16", LutConfig(kind="mma", block_n=32, chunks=2)),
     (40, 1024, 19, 128, "nested", "float16", LutConfig(kind="mma", block_n=16, chunks=2,
-                                                       split_k=2)),
+                                                       split_k=2, prefetch=2)),
     (48, 256, 5, 32, "byte", "bfloat16", LutConfig(kind="mma", block_n=16, chunks=2,
                                                    prefetch=False)),
     (24, 256, 33, 16, "float*", "float16", LutConfig(kind="mma", block_n=16, block_m=32,

@@ -100,18 +100,22 @@ def main():
                   help="several N x K shapes, comma-separated (overrides --shape)")
   ap.add_argument("--write-configs", default=None, metavar="OUT",
                   help="write pallas_kernels/data/matmul_4bit.json with each shape's fastest "
-                       "GEMV config added (as 'lut/gemv/m<M>/<N>x<K>') to OUT")
+                       "config added (as 'lut/<kind>/m<bucket>/<N>x<K>') to OUT")
   args = ap.parse_args()
   if args.shapes:
     winners = {}
     for shape in args.shapes.split(","):
       rows = sweep_shape(args, shape)
       for m in sorted({r["m"] for r in rows}):
-        best = min((r for r in rows if r["m"] == m and r["kind"] == "gemv"
-                    and r["decode"] == "prmt"), key=lambda r: r["us"], default=None)
-        if best is not None:
-          winners[f"lut/{lut_api._bucket('gemv', m)}/{shape}"] = best
-    print("\nfastest GEMV config per shape:")
+        for kind in ("gemv", "mma"):
+          # Only the exact decode (shfl, the dequantized weight itself) is
+          # recorded as a default; the prmt table rows are for comparison.
+          best = min((r for r in rows if r["m"] == m and r["kind"] == kind
+                      and r["decode"] == "prmt" and parse_cfg(r["cfg_text"]).decode == "shfl"),
+                     key=lambda r: r["us"], default=None)
+          if best is not None:
+            winners[f"lut/{lut_api._bucket(kind, m)}/{shape}"] = best
+    print("\nfastest config per shape and M bucket:")
     for key, r in winners.items():
       print(f"  {key:28s} {r['us']:7.1f} us  {r['cfg_text']}")
     if args.write_configs:

@@ -36,7 +36,7 @@ class LutConfig:
     split_k: ``"mma"``: programs per output tile along K.
     num_warps, num_stages: Triton launch parameters.
     prefetch: steps of weight bytes loaded ahead of the one being decoded
-      (0: none; ``True`` counts as 1; ``"gemv"`` takes up to 3, ``"mma"`` 1),
+      (0 to 3; ``True`` counts as 1),
       so ``prefetch + 1`` steps of bytes are in flight per program.
     decode: ``"shfl"`` (float32 table in the lanes of each half-warp, one
       warp shuffle per code) or ``"prmt"`` (16-bit table in byte permutes).
@@ -65,9 +65,8 @@ class LutConfig:
                        f"got {self.block_m} and {self.block_n}.")
     if self.groups < 0:
       raise ValueError(f"`groups` must be >= 0, got {self.groups}.")
-    if not 0 <= int(self.prefetch) <= (3 if self.kind == "gemv" else 1):
-      raise ValueError(f"`prefetch` must be 0..3 for 'gemv' and 0..1 for 'mma', "
-                       f"got {self.prefetch!r}.")
+    if not 0 <= int(self.prefetch) <= 3:
+      raise ValueError(f"`prefetch` must be 0..3, got {self.prefetch!r}.")
     if self.split_k < 1:
       raise ValueError(f"`split_k` must be >= 1, got {self.split_k}.")
 

@@ -85,12 +85,16 @@ def _mma_kernel(x_ref, data_ref, table_ref, *refs, fmt, cfg, m, n, nkb, has_bias
     return acc
 
   zeros = jnp.zeros((bn, bm), jnp.float32)
-  if cfg.prefetch:
+  depth = int(cfg.prefetch)
+  if depth:
+    # ``depth`` steps of bytes in flight: the loads of step + depth are issued
+    # before this step's decode (clamped at the end of the program's range).
     def body(step, carry):
-      acc, cur = carry
-      nxt = load(jnp.minimum(step + 1, hi - 1))
-      return accumulate(step, acc, cur), nxt
-    acc, _ = jax.lax.fori_loop(lo, hi, body, (zeros, load(lo)))
+      acc, ahead = carry
+      nxt = load(jnp.minimum(step + depth, hi - 1))
+      return accumulate(step, acc, ahead[0]), ahead[1:] + (nxt,)
+    first = tuple(load(jnp.minimum(lo + j, hi - 1)) for j in range(depth))
+    acc, _ = jax.lax.fori_loop(lo, hi, body, (zeros, first))
   else:
     acc = jax.lax.fori_loop(lo, hi, lambda step, a: accumulate(step, a, load(step)), zeros)
 
