@@ -9,12 +9,13 @@ from pallas_kernels._src.dequantize_4bit.reference import (
     dequantize_blocks_reference as dequantize_blocks_reference)
 from pallas_kernels._src.dequantize_4bit.triton import (
     dequantize_blocks_triton as dequantize_blocks_triton)
-from pallas_kernels._src.lut_matmul.api import gemv_lut_group as gemv_lut_group
 from pallas_kernels._src.lut_matmul.api import matmul_lut as matmul_lut
+from pallas_kernels._src.lut_matmul.api import matmul_lut_group as matmul_lut_group
 from pallas_kernels._src.lut_matmul.config import LutConfig as LutConfig
 from pallas_kernels._src.lut_matmul.gemv import (
     gemv_4bit_group_triton as gemv_4bit_group_triton)
 from pallas_kernels._src.lut_matmul.gemv import gemv_4bit_triton as gemv_4bit_triton
+from pallas_kernels._src.lut_matmul.mma import mma_4bit_group_triton as mma_4bit_group_triton
 from pallas_kernels._src.lut_matmul.mma import mma_4bit_triton as mma_4bit_triton
 from pallas_kernels._src.lut_matmul.reference import (
     lut_matmul_reference as lut_matmul_reference)
@@ -46,10 +47,11 @@ __all__ = (
     "canonical_nan",
     "gemv_4bit_group_triton",
     "gemv_4bit_triton",
-    "gemv_lut_group",
     "LutConfig",
     "lut_matmul_reference",
     "matmul_lut",
+    "matmul_lut_group",
+    "mma_4bit_group_triton",
     "mma_4bit_triton",
     "DequantizeConfig",
     "MatmulConfig",

@@ -37,6 +37,24 @@ def test_group_launch_equals_each_weight_and_meets_the_exact_product():
     assert err < 1e-6, err  # float32 sums of the float32 weight (measured 6e-8)
 
 
+def test_tensor_core_group_launch_equals_each_weight():
+  # 16-bit activations past the GEMV rows take the tensor-core kernel: one launch
+  # for the group, each weight's result as its own launch gives it.
+  ws = _weights((24, 16, 40), 256, quant_type="fp4")
+  biases = [jnp.linspace(-1, 1, 24), None, jnp.full((40,), 0.5)]
+  x = (jax.random.normal(jax.random.key(8), (6, 256)) * 0.5).astype(jnp.bfloat16)
+  shared = matmul_group._shared_launch(x, [p for p, _ in ws], [s for _, s in ws], "pallas")
+  assert shared is not None and shared[2] == "mma"
+  got = jaxfp4.matmul_4bit_group(x, ws, biases=biases, implementation="pallas")
+  for y, (p, s), b in zip(got, ws, biases):
+    one = jaxfp4.matmul_4bit(x, p, s, bias=b, implementation="pallas")
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(one))
+    w = np.asarray(jaxfp4.dequantize_4bit(p, s).astype(jnp.bfloat16), np.float64)
+    exact = np.asarray(x, np.float64) @ w.T + (0 if b is None else np.asarray(b, np.float64))
+    err = np.abs(np.asarray(y, np.float64) - exact).max() / np.abs(exact).max()
+    assert err < 2 ** -8, err  # the output's bf16 rounding (unit 2^-8); measured 2.3e-3
+
+
 def test_group_falls_back_per_weight_when_formats_differ():
   ws = _weights((32,), 256, nested=True) + _weights((16,), 256, nested=False)
   x = jnp.ones((1, 256), jnp.bfloat16)
@@ -81,7 +99,7 @@ def test_kernel_group_rejects_mismatched_biases():
   (p, s), = _weights((16,), 128)
   w, fmt = matmul_lib.kernel_weight(jnp.asarray(p), s)
   with pytest.raises(ValueError, match="biases"):
-    pallas_kernels.gemv_lut_group(jnp.ones((1, 128)), [w, w], fmt=fmt, biases=[None])
+    pallas_kernels.matmul_lut_group(jnp.ones((1, 128)), [w, w], fmt=fmt, biases=[None])
 
 
 def test_apply_shared_input_matches_each_layer_with_lora_and_falls_back_for_linear():

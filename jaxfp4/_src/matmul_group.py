@@ -1,12 +1,13 @@
 """``matmul_4bit_group``: several packed weights applied to one input, one launch.
 
 A decoder layer applies q/k/v (and gate/up) to the same activations. At decode
-batch sizes each product is a short GEMV whose launch and the gaps around it
-cost about as much as its bytes; one GEMV launch over the group reads ``x``
-once per K slice and pays one launch. Where the group cannot share a launch
-(other routes, formats that differ, no GPU) every weight takes
-:func:`jaxfp4.matmul_4bit`'s own route, so the results are the same as calling
-it per weight, bit for bit.
+and small batch sizes each product is a short kernel whose launch and the gaps
+around it cost a good part of its time; one launch of the GEMV or tensor-core
+kernel over the group pays one launch. Where the group cannot share a launch
+(routes or formats that differ, no GPU) every weight takes
+:func:`jaxfp4.matmul_4bit`'s own route. Each result is the weight's own
+product: bit for bit where the group's launch config splits K as the weight's
+own launch does, else up to the order of the float32 sums.
 """
 
 from __future__ import annotations
@@ -24,17 +25,17 @@ import pallas_kernels
 
 
 def _shared_launch(x, datas, states, implementation):
-  """The group's kernel weights and format if one GEMV launch serves them all."""
+  """The group's kernel weights, format and kernel kind if one launch serves them all."""
   m = x.shape[0]
   if len(states) < 2:
     return None
   routes = {matmul_lib._route(m, st, x.dtype, implementation, False) for st in states}
-  if routes != {"gemv"}:
+  if routes not in ({"gemv"}, {"mma"}):
     return None
   pairs = [matmul_lib.kernel_weight(d, st) for d, st in zip(datas, states)]
   if len({fmt for _, fmt in pairs}) != 1:
     return None
-  return [w for w, _ in pairs], pairs[0][1]
+  return [w for w, _ in pairs], pairs[0][1], routes.pop()
 
 
 def _group_product(x, biases, datas, states, implementation):
@@ -42,8 +43,9 @@ def _group_product(x, biases, datas, states, implementation):
   if shared is None:
     return tuple(matmul_lib._product(x, d, st, b, implementation, transpose=False)
                  for d, st, b in zip(datas, states, biases))
-  ws, fmt = shared
-  return pallas_kernels.gemv_lut_group(x, ws, fmt=fmt, biases=biases, implementation="pallas")
+  ws, fmt, kind = shared
+  return pallas_kernels.matmul_lut_group(x, ws, fmt=fmt, biases=biases, kind=kind,
+                                         implementation="pallas")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -82,11 +84,13 @@ def matmul_4bit_group(
   """``x @ W_i.T + bias_i`` for every ``(packed_i, state_i)``, as one launch where it pays.
 
   Equal to ``[matmul_4bit(x, p, s, bias=b, implementation=implementation) for
-  ...]`` (the same bits, the same gradients: ``dx`` sums the weights' input
-  gradients in float32). On a GPU, when every product takes the decode GEMV
-  (few rows of x) and the weights share a format and K, one kernel launch
-  computes them all: fuse q/k/v or gate/up of a decoder layer without
-  concatenating their bytes.
+  ...]`` up to the order of float32 sums (the launch config follows the
+  group's summed N), with the same gradients: ``dx`` sums the weights' input
+  gradients in float32. On a GPU, when every product takes the same
+  register-table kernel (the GEMV for a few rows of x, the tensor-core kernel
+  up to 128) and the weights share a format and K, one kernel launch computes
+  them all: q/k/v or gate/up of a decoder layer without concatenating their
+  bytes.
 
   Args:
     x: ``[..., K]`` activations, float32, bfloat16 or float16.

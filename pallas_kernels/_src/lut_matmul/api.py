@@ -14,7 +14,7 @@ from pallas_kernels._src import tuning
 from pallas_kernels._src.lut_matmul import scales as scales_lib
 from pallas_kernels._src.lut_matmul.config import LutConfig, MAX_GEMV_ROWS, fit
 from pallas_kernels._src.lut_matmul.gemv import gemv_4bit_group_triton, gemv_4bit_triton
-from pallas_kernels._src.lut_matmul.mma import mma_4bit_triton
+from pallas_kernels._src.lut_matmul.mma import mma_4bit_group_triton, mma_4bit_triton
 from pallas_kernels._src.lut_matmul.reference import lut_matmul_reference
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_operands
 
@@ -132,29 +132,31 @@ def matmul_lut(
   return mma_4bit_triton(x, w, fmt=fmt, config=config, bias=bias, interpret=interpret)
 
 
-def gemv_lut_group(
+def matmul_lut_group(
     x: jax.Array,
     ws: Sequence[PackedWeight],
     *,
     fmt: WeightFormat,
     biases: Sequence[jax.Array | None] | None = None,
+    kind: str | None = None,
     config: LutConfig | None = None,
     implementation: str | None = None,
     interpret: bool | None = None,
 ) -> tuple[jax.Array, ...]:
-  """``x @ W_i.T + bias_i`` for weights that share ``x``: one GEMV launch.
+  """``x @ W_i.T + bias_i`` for weights that share ``x``: one launch.
 
   The decode step's q/k/v (and gate/up) projections read one input; one launch
   for the group instead of one per weight removes the launch gaps between them.
-  Same contract as ``matmul_lut(..., kind="gemv")`` for each weight.
+  Same contract as :func:`matmul_lut` for each weight.
 
   Args:
-    x: ``[M, K]`` activations, ``M <= MAX_GEMV_ROWS``.
+    x: ``[M, K]`` activations.
     ws: the packed ``W_i[N_i, K]``, one static format ``fmt``.
     fmt: their format.
     biases: optional, one ``[N_i]`` or None per weight.
+    kind: ``"gemv"`` or ``"mma"`` (default: by M, as :func:`matmul_lut`).
     config: launch config (default: recorded for this device kind and the
-      summed N, or H100's).
+      summed N, else for the M bucket, else H100's).
     implementation, interpret: as :func:`matmul_lut`.
 
   Returns:
@@ -169,23 +171,29 @@ def gemv_lut_group(
   for w in ws:
     check_operands(x, w, fmt, transpose=False)
   m, k = x.shape
-  if m > MAX_GEMV_ROWS:
-    raise ValueError(f"The GEMV kernel handles at most {MAX_GEMV_ROWS} rows of x, got M={m}.")
-  n_total = sum(w.shape[0] for w in ws)
   if interpret is None:
     interpret = not common.on_gpu()
+  device = None if interpret else common.device_kind()
+  if kind is None:
+    kind = choose_kind(m, x.dtype, device) or "mma"
+  if kind not in ("gemv", "mma"):
+    raise ValueError(f"`kind` must be 'gemv' or 'mma', got {kind!r}.")
+  if kind == "gemv" and m > MAX_GEMV_ROWS:
+    raise ValueError(f"The GEMV kernel handles at most {MAX_GEMV_ROWS} rows of x, got M={m}.")
+  if kind == "mma" and jnp.dtype(x.dtype).name not in lut_decode.TABLE_DTYPES:
+    raise ValueError(f"kind='mma' needs bfloat16 or float16 `x`, got {x.dtype}.")
+  n_total = sum(w.shape[0] for w in ws)
   implementation = common.choose_implementation(
       implementation, can_use_kernel(n_total, k, fmt.blocksize),
       f"The register-table kernels need K divisible by the blocksize: got K={k}, "
       f"blocksize={fmt.blocksize}.")
   if implementation == "xla":
-    return tuple(lut_matmul_reference(x, w, fmt=fmt, kind="gemv", bias=b)
+    return tuple(lut_matmul_reference(x, w, fmt=fmt, kind=kind, bias=b)
                  for w, b in zip(ws, biases))
   nc = k // (2 * scales_lib.chunk_bytes(fmt.blocksize))
   if config is None:
-    config = get_config("gemv", m, n_total, k, fmt.blocksize,
-                        None if interpret else common.device_kind())
+    config = get_config(kind, m, n_total, k, fmt.blocksize, device)
   else:
-    config = fit(dataclasses.replace(config, kind="gemv"), m, n_total, nc)
-  return gemv_4bit_group_triton(x, ws, fmt=fmt, config=config, biases=biases,
-                                interpret=interpret)
+    config = fit(dataclasses.replace(config, kind=kind), m, n_total, nc)
+  group = gemv_4bit_group_triton if kind == "gemv" else mma_4bit_group_triton
+  return group(x, ws, fmt=fmt, config=config, biases=biases, interpret=interpret)

@@ -19,6 +19,7 @@ element arrays are joined in registers in the row's own order
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,14 +35,37 @@ from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, c
 _DIMS = (((1,), (1,)), ((), ()))  # contract the last axes: [BN, C] x [BM, C] -> [BN, BM]
 
 
-def _mma_kernel(x_ref, data_ref, table_ref, *refs, fmt, cfg, m, n, nkb, has_bias, partial,
+def _mma_kernel(x_ref, table_ref, *refs, fmt, cfg, m, ns, tiles, biased, nkb, partial,
                 out_dtype, interpret):
-  sc = scales_lib.ScaleRefs(refs, fmt)
-  bias_ref = refs[sc.count] if has_bias else None
-  out_ref = refs[-1]
+  """One launch for every weight of the group: program ``j`` along axis 1 is
+  N tile ``j - sum(tiles[:i])`` of weight ``i`` (static ranges, ``pl.when``)."""
+  outs = refs[len(refs) - len(ns):]
+  i, j, s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  table = lut_decode.load_table(table_ref, cfg.decode, (cfg.block_n, scales_lib.chunk_bytes(
+      fmt.blocksize) // 4), interpret=interpret)
+  count = 1 + scales_lib.ScaleRefs.operand_count(fmt)
+  first_ref, first_tile = 0, 0
+  for w, (n, nt, has_bias) in enumerate(zip(ns, tiles, biased)):
+    wrefs = refs[first_ref:first_ref + count + has_bias]
+    run = functools.partial(_mma_tile, x_ref, wrefs, outs[w], table, i, s, fmt=fmt, cfg=cfg,
+                            m=m, n=n, nkb=nkb, has_bias=has_bias, partial=partial,
+                            out_dtype=out_dtype, interpret=interpret)
+    if len(ns) == 1:
+      run(j)
+    else:
+      pl.when((j >= first_tile) & (j < first_tile + nt))(lambda jj=j - first_tile, r=run: r(jj))
+    first_ref += count + has_bias
+    first_tile += nt
+
+
+def _mma_tile(x_ref, wrefs, out_ref, table, i, s, j, *, fmt, cfg, m, n, nkb, has_bias,
+              partial, out_dtype, interpret):
+  """Output tile ``(i, j)``, K range ``s`` of one weight."""
+  data_ref = wrefs[0]
+  sc = scales_lib.ScaleRefs(wrefs[1:], fmt)
+  bias_ref = wrefs[1 + sc.count] if has_bias else None
   bm, bn, t = cfg.block_m, cfg.block_n, cfg.chunks
   nw = scales_lib.chunk_bytes(fmt.blocksize) // 4  # words per chunk
-  i, j, s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   m0, n0 = i * bm, j * bn
   steps = data_ref.shape[1] // (t * nw)
   lo, hi = common.split_range(s, steps, cfg.split_k)
@@ -50,7 +74,6 @@ def _mma_kernel(x_ref, data_ref, table_ref, *refs, fmt, cfg, m, n, nkb, has_bias
   rows = jnp.minimum(n0 + jax.lax.broadcasted_iota(jnp.int32, (bn, 1), 0), n - 1)
   mul_rn = None if interpret else common.mul_rn
   table_dtype = x_ref.dtype
-  table = lut_decode.load_table(table_ref, cfg.decode, (bn, nw), interpret=interpret)
 
   def load(step):
     """The step's weight words and activation chunks (both prefetched a step ahead)."""
@@ -135,9 +158,39 @@ def mma_4bit_triton(
   Returns:
     ``[M, N]`` in ``x.dtype``.
   """
-  check_operands(x, w, fmt, transpose=False)
+  (out,) = mma_4bit_group_triton(x, (w,), fmt=fmt, config=config, biases=(bias,),
+                                 interpret=interpret)
+  return out
+
+
+def mma_4bit_group_triton(
+    x: jax.Array,
+    ws: Sequence[PackedWeight],
+    *,
+    fmt: WeightFormat,
+    config: LutConfig,
+    biases: Sequence[jax.Array | None] | None = None,
+    interpret: bool = False,
+) -> tuple[jax.Array, ...]:
+  """``x @ W_i.T + bias_i`` on tensor cores for every weight of a group, one launch.
+
+  As :func:`mma_4bit_triton` for each weight; the weights share ``x``, ``K``
+  and the static format (q/k/v or gate/up of a decoder layer), and one launch
+  replaces one per weight.
+
+  Returns:
+    One ``[M, N_i]`` array in ``x.dtype`` per weight.
+  """
+  ws = tuple(ws)
+  if not ws:
+    raise ValueError("`ws` must hold at least one weight.")
+  biases = (None,) * len(ws) if biases is None else tuple(biases)
+  if len(biases) != len(ws):
+    raise ValueError(f"`biases` must have one entry per weight ({len(ws)}), got {len(biases)}.")
+  for w in ws:
+    check_operands(x, w, fmt, transpose=False)
   m, k = x.shape
-  n = w.shape[0]
+  ns = tuple(w.shape[0] for w in ws)
   if jnp.dtype(x.dtype).name not in lut_decode.TABLE_DTYPES:
     raise ValueError(f"The tensor-core kernel needs bfloat16 or float16 `x`, got {x.dtype}.")
   c = scales_lib.chunk_bytes(fmt.blocksize)
@@ -145,28 +198,35 @@ def mma_4bit_triton(
   if config.kind != "mma" or nc % config.chunks:
     raise ValueError(f"config {config.name()} does not fit K={k} (chunks of {c} bytes).")
   partial = config.split_k > 1
-  has_bias = bias is not None and not partial
+  biased = tuple(b is not None and not partial for b in biases)
+  tiles = tuple(-(-n // config.block_n) for n in ns)
   table = lut_decode.table_operand(fmt.lut, config.decode, x.dtype)
-  data = jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.uint32)
-  args = [x, data, table] + scales_lib.scale_operands(w, fmt)
-  if has_bias:
-    args.append(bias.astype(jnp.float32))
+  args = [x, table]
+  for w, n, b, has_bias in zip(ws, ns, biases, biased):
+    args.append(jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.uint32))
+    args += scales_lib.scale_operands(w, fmt)
+    if has_bias:
+      args.append(b.astype(jnp.float32))
   kernel = functools.partial(
-      _mma_kernel, fmt=fmt, cfg=config, m=m, n=n, nkb=k // fmt.blocksize, has_bias=has_bias,
-      partial=partial, out_dtype=jnp.dtype(x.dtype), interpret=interpret)
-  out = pl.pallas_call(
+      _mma_kernel, fmt=fmt, cfg=config, m=m, ns=ns, tiles=tiles, biased=biased,
+      nkb=k // fmt.blocksize, partial=partial, out_dtype=jnp.dtype(x.dtype),
+      interpret=interpret)
+  outs = pl.pallas_call(
       kernel,
-      grid=(pl.cdiv(m, config.block_m), pl.cdiv(n, config.block_n), config.split_k),
-      out_shape=jax.ShapeDtypeStruct((config.split_k, m, n) if partial else (m, n),
-                                     jnp.float32 if partial else x.dtype),
+      grid=(pl.cdiv(m, config.block_m), sum(tiles), config.split_k),
+      out_shape=[jax.ShapeDtypeStruct((config.split_k, m, n) if partial else (m, n),
+                                      jnp.float32 if partial else x.dtype) for n in ns],
       compiler_params=plgpu.CompilerParams(num_warps=config.num_warps,
                                            num_stages=config.num_stages),
       interpret=interpret,
       name="jaxfp4_mma_4bit",
   )(*args)
-  if partial:
+  if not partial:
+    return tuple(outs)
+  results = []
+  for out, bias in zip(outs, biases):
     out = out.sum(axis=0)
     if bias is not None:
       out = out + bias.astype(jnp.float32)[None, :]
-    out = out.astype(x.dtype)
-  return out
+    results.append(out.astype(x.dtype))
+  return tuple(results)
