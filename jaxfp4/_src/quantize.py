@@ -156,7 +156,7 @@ def _quantize_arrays(x, key, *, quant_type, blocksize, rounding, nonfinite, impl
   elif rounding == "stochastic":
     xb = c.prepare(blocks)
     stored, mult = c.scale(c.amax([xb]), codec.default_reciprocal, *scalars)
-    nibbles = rounding_lib.stochastic_encode(codec.mul_ftz(xb, mult[:, None]), fmt, key)
+    nibbles = rounding_lib.stochastic_encode(c.scaled(xb, mult[:, None]), fmt, key)
     packed = packing.pack_nibbles(nibbles.reshape(-1)[: n + (n % 2)])
   else:
     packed, stored = pallas_kernels.quantize_blocks(
@@ -171,7 +171,7 @@ def _quantize_arrays(x, key, *, quant_type, blocksize, rounding, nonfinite, impl
     absmax = stored
   offset = absmax2 = None
   if compress_statistics:
-    absmax, offset, absmax2 = double_quant.compress_absmax(absmax)
+    absmax, offset, absmax2 = double_quant.compress_absmax(absmax, nonfinite=nonfinite)
   return packed, absmax, offset, absmax2, global_scale
 
 
