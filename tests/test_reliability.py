@@ -99,3 +99,55 @@ def test_huge_stochastic_rounding_keeps_the_value():
   p, s = jaxfp4.quantize_4bit(jnp.asarray(w), quant_type="nf4", rounding="stochastic",
                               key=jax.random.key(0))
   assert float(jaxfp4.dequantize_4bit(p, s)[0, 0]) == np.float32(3e38)
+
+
+# --- 3. outlier columns are validated where they enter ----------------------------
+
+def _outlier_weight():
+  w = _normal((8, 64))
+  return jaxfp4.quantize_4bit_with_outliers(jnp.asarray(w), num_columns=2, quant_type="nf4")
+
+
+@pytest.mark.parametrize("index,match", [
+    ([3, 64], r"`outliers.index` must hold input columns in \[0, 64\), got \[64\]"),
+    ([-1, 3], r"`outliers.index` must hold input columns in \[0, 64\), got \[-1\]"),
+    ([7, 7], r"`outliers.index` must not repeat a column; repeated: \[7\]"),
+])
+def test_outlier_index_out_of_range_or_repeated(index, match):
+  p, s, cols = _outlier_weight()
+  bad = jaxfp4.OutlierColumns(index=jnp.asarray(index, jnp.int32), values=cols.values)
+  x = jnp.ones((1, 64))
+  with pytest.raises(ValueError, match=match):
+    jaxfp4.matmul_4bit(x, p, s, outliers=bad)
+  with pytest.raises(ValueError, match=match):
+    jaxfp4.dequantize_4bit_with_outliers(p, s, bad)
+  from jaxfp4 import nnx as jnnx
+  from flax import nnx
+  with pytest.raises(ValueError, match=match):
+    jnnx.Dense4bit(64, 8, quantized=(p, s, bad), rngs=nnx.Rngs(0))
+
+
+def test_outlier_shapes_are_checked():
+  p, s, cols = _outlier_weight()
+  with pytest.raises(ValueError, match=r"`outliers.values` must have shape \(8, 2\)"):
+    jaxfp4.matmul_4bit(jnp.ones((1, 64)), p, s,
+                       outliers=jaxfp4.OutlierColumns(index=cols.index, values=cols.values[:4]))
+  with pytest.raises(ValueError, match=r"`outliers.index` must be a 1-D int array"):
+    jaxfp4.matmul_4bit(jnp.ones((1, 64)), p, s,
+                       outliers=jaxfp4.OutlierColumns(index=cols.index[None], values=cols.values))
+
+
+def test_outliers_checked_on_checkpoint_restore(tmp_path):
+  from flax import nnx
+  from jaxfp4 import nnx as jnnx
+  import jaxfp4.io
+  p, s, cols = _outlier_weight()
+  layer = jnnx.Dense4bit(64, 8, quantized=(p, s, cols), rngs=nnx.Rngs(0))
+  # corrupt the saved index: a column past the end
+  layer.outliers.set_value(jaxfp4.OutlierColumns(index=jnp.asarray([3, 64], jnp.int32),
+                                                 values=cols.values))
+  jaxfp4.io.save_model(tmp_path / "m.safetensors", layer, progress=False)
+  fresh = jnnx.Dense4bit(64, 8, quantized=(p, s, cols), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"m.safetensors: tensor 'outliers.index': `outliers.index` "
+                                       r"must hold input columns in \[0, 64\)"):
+    jaxfp4.io.load_model(tmp_path / "m.safetensors", fresh, progress=False)
