@@ -120,7 +120,7 @@ def quantize_4bit(
       x, key, quant_type=fmt.name, blocksize=bs, rounding=rounding, nonfinite=nonfinite,
       implementation=implementation, compress_statistics=compress_statistics)
   state2 = None if absmax2 is None else NestedState(absmax=absmax2)
-  state = QuantState(
+  state = QuantState.unchecked(  # the quantizer's own scales: no host copy to check them
       absmax=absmax, shape=tuple(x.shape), dtype=jnp.dtype(x.dtype), blocksize=bs,
       quant_type=fmt.name, code=fmt.code, offset=offset, state2=state2,
       global_scale=global_scale)
