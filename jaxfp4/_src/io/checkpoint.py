@@ -126,6 +126,23 @@ class Checkpoint:
     """Names of the 4-bit weights (those with a quant-state blob)."""
     return [m["weight"] for k in self._where if (m := _BLOB.match(k))]
 
+  def incomplete_groups(self) -> dict[str, list[str]]:
+    """4-bit tensor groups without their quant-state blob: ``{weight: [its state keys]}``.
+
+    A packed weight with ``.absmax`` / ``.quant_map`` but no
+    ``.quant_state.bitsandbytes__*`` cannot be decoded; listed as dense
+    tensors it would look like an ordinary model.
+    """
+    done = set(self.quantized_weights())
+    out: dict[str, list[str]] = {}
+    for k in self._where:
+      weight, _, suffix = k.rpartition(".")
+      if suffix in ("absmax", "quant_map") and weight in self._where and weight not in done:
+        out.setdefault(weight, [])
+    for weight in out:
+      out[weight] = group_keys(weight, self._where)
+    return out
+
   def get_quant_state(self, weight: str) -> QuantState:
     """Reads the quant state of the 4-bit weight ``weight`` (not its packed bytes)."""
     group = {k: self.get(k) for k in group_keys(weight, self._where)}
