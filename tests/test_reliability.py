@@ -6,6 +6,12 @@ file adds few compilations to the suite.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import pathlib
+import re
+
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -13,6 +19,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import jaxfp4
+import jaxfp4.io
 
 F32_MAX = float(np.finfo(np.float32).max)
 
@@ -151,3 +158,184 @@ def test_outliers_checked_on_checkpoint_restore(tmp_path):
   with pytest.raises(ValueError, match=r"m.safetensors: tensor 'outliers.index': `outliers.index` "
                                        r"must hold input columns in \[0, 64\)"):
     jaxfp4.io.load_model(tmp_path / "m.safetensors", fresh, progress=False)
+
+
+# --- 4. a negative absmax is rejected where the state is built ---------------------
+
+def _state(quant_type="nf4", nested=False):
+  return jaxfp4.quantize_4bit(jnp.asarray(_normal((4, 64))), quant_type=quant_type,
+                              compress_statistics=nested)
+
+
+def test_negative_absmax_rejected_at_construction_and_from_dict():
+  p, s = _state()
+  with pytest.raises(ValueError, match=r"QuantState `absmax` must not be negative .* block 0 has -"):
+    dataclasses.replace(s, absmax=-s.absmax)
+  d = s.as_dict(packed=True)
+  d["absmax"] = d["absmax"].copy()
+  d["absmax"][2] *= -1
+  with pytest.raises(ValueError, match=r"QuantState `absmax` must not be negative .* block 2"):
+    jaxfp4.QuantState.from_dict(d)
+  # bitsandbytes writes -FLT_MAX for an all-NaN block under nonfinite="bnb": allowed
+  x = np.ones((2, 64), np.float32)
+  x[0] = np.nan
+  _, sb = jaxfp4.quantize_4bit(jnp.asarray(x), quant_type="nf4", nonfinite="bnb")
+  assert float(sb.absmax[0]) == -F32_MAX
+  jaxfp4.QuantState.from_dict(sb.as_dict(packed=True))
+
+
+def test_negative_nested_absmax_or_offset_rejected():
+  p, s = _state(nested=True)
+  with pytest.raises(ValueError, match=r"`state2.absmax` \(the nested absmax\) must not be negative"):
+    dataclasses.replace(s, state2=dataclasses.replace(s.state2, absmax=-s.state2.absmax))
+  with pytest.raises(ValueError, match=r"QuantState `absmax` decodes to a negative value .* `offset`"):
+    dataclasses.replace(s, offset=-s.offset)
+  d = s.as_dict(packed=True)
+  blob = [k for k in d if k.startswith("quant_state.")][0]
+  meta = json.loads(d[blob].tobytes())
+  meta["nested_offset"] = -meta["nested_offset"]
+  d[blob] = np.frombuffer(json.dumps(meta).encode(), np.uint8).copy()
+  with pytest.raises(ValueError, match=r"decodes to a negative value"):
+    jaxfp4.QuantState.from_dict(d)
+
+
+def test_negative_nvfp4_scale_and_bad_global_scale():
+  p, s = _state("nvfp4")
+  neg = jax.lax.bitcast_convert_type(
+      jax.lax.bitcast_convert_type(s.absmax, jnp.uint8) | jnp.uint8(0x80), jnp.float8_e4m3fn)
+  with pytest.raises(ValueError, match=r"`absmax` \(E4M3 block scales\) must not be negative"):
+    dataclasses.replace(s, absmax=neg)
+  with pytest.raises(ValueError, match=r"`global_scale` must be a positive finite float32"):
+    dataclasses.replace(s, global_scale=-s.global_scale)
+
+
+def test_value_checks_skip_tracers_and_rebuilt_pytrees():
+  p, s = _state(nested=True)
+  # under jit the values are unknown: shape checks only, no error and no host copy
+  y = jax.jit(lambda p, s: jaxfp4.dequantize_4bit(p, s))(p, s)
+  assert y.shape == (4, 64)
+  leaves, tree = jax.tree_util.tree_flatten(s)
+  s2 = jax.tree_util.tree_unflatten(tree, leaves)
+  assert isinstance(s2, jaxfp4.QuantState) and s2.nested
+  assert jax.tree_util.keystr(jax.tree_util.tree_leaves_with_path(s)[0][0]) == ".absmax"
+
+
+# --- 5. safetensors offsets must tile the data section -----------------------------
+
+def _raw_safetensors(path, entries, data):
+  header = json.dumps(entries).encode()
+  path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+  return path
+
+
+@pytest.mark.parametrize("offsets,data_len,match", [
+    ([[0, 16], [0, 16]], 16, r"tensors 'a' \(bytes \[0, 16\)\) and 'b' \(bytes \[0, 16\)\) overlap"),
+    ([[0, 16], [12, 28]], 28, r"tensors 'a' \(bytes \[0, 16\)\) and 'b' \(bytes \[12, 28\)\) overlap"),
+    ([[0, 16], [20, 36]], 36, r"bytes \[16, 20\) of the data section, after tensor 'a' and before 'b', "
+                              r"belong to no tensor"),
+    ([[4, 20], [20, 36]], 36, r"bytes \[0, 4\) of the data section, before the first tensor"),
+    ([[0, 16], [16, 32]], 40, r"the data section holds 40 bytes but the tensors end at byte 32"),
+])
+def test_safetensors_overlapping_or_shifted_offsets(tmp_path, offsets, data_len, match):
+  entries = {n: {"dtype": "F32", "shape": [4], "data_offsets": o} for n, o in zip("ab", offsets)}
+  path = _raw_safetensors(tmp_path / "x.safetensors", entries, b"\0" * data_len)
+  with pytest.raises(ValueError, match=r"x.safetensors: " + match):
+    jaxfp4.io.SafetensorsFile(path)
+
+
+def test_safetensors_well_formed_files_still_load(tmp_path):
+  path = jaxfp4.io.write_safetensors(tmp_path / "ok.safetensors", {
+      "b": np.arange(3, dtype=np.float32), "empty": np.zeros((0, 2), np.float16),
+      "a": np.ones((2, 2), np.uint8)})
+  with jaxfp4.io.SafetensorsFile(path) as f:
+    np.testing.assert_array_equal(f.get("b"), [0, 1, 2])
+    assert f.get("empty").shape == (0, 2)
+  # a writer that orders tensors differently from their offsets is fine too
+  entries = {"b": {"dtype": "U8", "shape": [2], "data_offsets": [2, 4]},
+             "a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}
+  with jaxfp4.io.SafetensorsFile(_raw_safetensors(tmp_path / "r.safetensors", entries,
+                                                  bytes([1, 2, 3, 4]))) as f:
+    assert f.get("b").tolist() == [3, 4]
+
+
+# --- 6. the command line never writes over its input; file errors are one line -----
+
+def _cli(args):
+  from jaxfp4._src.cli.main import main
+  try:
+    return main([str(a) for a in args])
+  except SystemExit as e:  # argparse usage errors
+    return e.code
+
+
+@pytest.fixture
+def weight_file(tmp_path):
+  return jaxfp4.io.write_safetensors(tmp_path / "F.safetensors", {"w": np.ones((4, 64), np.float32)})
+
+
+@pytest.mark.parametrize("make_args,option", [
+    (lambda f: ["analyze", f, "--json", f], "--json"),
+    (lambda f: ["analyze", f, "--figure", "w", "--output", f], "--output"),
+    (lambda f: ["plan", f, "--bits", "4.3", "--json", f], "--json"),
+    (lambda f: ["plan", f, "--bits", "4.3", "--figure", f], "--figure"),
+    (lambda f: ["inspect", f, "--json", f], "--json"),
+    (lambda f: ["inspect", f.parent, "--json", f], "--json"),
+])
+def test_cli_refuses_to_write_over_its_input(weight_file, capsys, make_args, option):
+  before = weight_file.read_bytes()
+  assert _cli(make_args(weight_file)) == 2
+  err = capsys.readouterr().err
+  assert f"{option}: {str(weight_file)!r} is an input of this command" in err
+  assert weight_file.read_bytes() == before
+
+
+def test_cli_output_problems_are_reported_before_the_work(weight_file, tmp_path, capsys):
+  cases = [
+      (tmp_path, "is a folder; give a file path"),
+      (weight_file / "x.json", "which is a file, not a folder"),
+      (tmp_path / "missing" / "x.json", "the folder of .* does not exist"),
+  ]
+  for out, match in cases:
+    assert _cli(["analyze", weight_file, "--json", out]) == 2
+    captured = capsys.readouterr()
+    assert "analyzing" not in captured.out  # nothing was quantized
+    assert re.search(r"--json: .*" + match, captured.err), captured.err
+  existing = tmp_path / "old.json"
+  existing.write_text("keep")
+  assert _cli(["inspect", weight_file, "--json", existing]) == 2
+  assert f"--json: {str(existing)!r} exists" in capsys.readouterr().err
+  assert existing.read_text() == "keep"
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes anywhere")
+def test_cli_unwritable_folder_is_reported_before_the_work(weight_file, tmp_path, capsys):
+  locked = tmp_path / "locked"
+  locked.mkdir(mode=0o500)
+  assert _cli(["analyze", weight_file, "--json", locked / "x.json"]) == 2
+  assert "--json: cannot write to the folder of" in capsys.readouterr().err
+
+
+def test_cli_file_errors_are_one_line_with_debug_for_the_traceback(weight_file, tmp_path, capsys):
+  out = weight_file / "out"  # under a regular file: the library's OSError
+  src = pathlib.Path(__file__).parent / "data" / "llama_tiny" / "bf16"
+  assert _cli(["quantize", src, out, "--no-progress"]) == 1
+  err = capsys.readouterr().err
+  assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+  assert str(out) in err or str(weight_file) in err
+  with pytest.raises(OSError):
+    _cli(["--debug", "quantize", src, out, "--no-progress"])
+
+
+# --- 7. inspect says when a 4-bit group is incomplete ------------------------------
+
+def test_inspect_reports_a_group_without_its_quant_state(tmp_path, capsys):
+  src = pathlib.Path(__file__).parent / "data" / "llama_tiny" / "nf4_dq" / "model.safetensors"
+  with jaxfp4.io.SafetensorsFile(src) as f:
+    blob = next(k for k in f.keys() if ".quant_state.bitsandbytes__" in k)
+    tensors = {k: f.get(k) for k in f.keys() if k != blob}
+  path = jaxfp4.io.write_safetensors(tmp_path / "m.safetensors", tensors)
+  weight = blob.split(".quant_state.")[0]
+  assert _cli(["inspect", path]) == 2
+  err = capsys.readouterr().err
+  assert f"the 4-bit group of {weight!r} is incomplete" in err and "no " in err
+  assert f"{weight}.absmax" in err
