@@ -339,3 +339,57 @@ def test_inspect_reports_a_group_without_its_quant_state(tmp_path, capsys):
   err = capsys.readouterr().err
   assert f"the 4-bit group of {weight!r} is incomplete" in err and "no " in err
   assert f"{weight}.absmax" in err
+
+
+# --- no half-done work --------------------------------------------------------------
+
+def test_quantize_checkpoint_failing_midway_leaves_no_output(tmp_path, monkeypatch):
+  from jaxfp4._src.io import convert
+  calls = []
+
+  def fail_on_second(*a, **kw):
+    calls.append(1)
+    if len(calls) == 2:
+      raise ValueError("injected failure")
+    return jaxfp4.quantize_4bit(*a, **kw)
+  monkeypatch.setattr(convert, "quantize_4bit", fail_on_second)
+  src = pathlib.Path(__file__).parent / "data" / "llama_tiny" / "bf16"
+  out = tmp_path / "out"
+  with pytest.raises(ValueError, match="injected failure"):
+    convert.quantize_checkpoint(src, out, progress=False)
+  assert not out.exists() and list(tmp_path.iterdir()) == []  # no partial dir either
+  out.mkdir()  # an empty out_dir is allowed and is left as it was on failure
+  calls.clear()
+  with pytest.raises(ValueError, match="injected failure"):
+    convert.quantize_checkpoint(src, out, progress=False)
+  assert list(out.iterdir()) == [] and sorted(tmp_path.iterdir()) == [out]
+
+
+def test_quantize_model_failing_on_a_layer_leaves_the_model_unchanged():
+  from flax import nnx
+  import jaxfp4.nnx
+  model = nnx.Sequential(nnx.Linear(64, 64, rngs=nnx.Rngs(0)), nnx.Linear(32, 8, rngs=nnx.Rngs(1)))
+  with pytest.raises(ValueError, match=r"`num_columns` must be an int in \[0, 32\)"):
+    jaxfp4.nnx.quantize_model(model, outlier_columns=40)
+  assert all(type(l) is nnx.Linear for l in model.layers)
+
+
+def test_precision_plan_save_never_overwrites(tmp_path):
+  plan = jaxfp4.PrecisionPlan((), 4.0, {})
+  path = tmp_path / "plan.json"
+  plan.save(path)
+  path.write_text("mine")
+  with pytest.raises(FileExistsError, match=r"plan.json' exists; jaxfp4 never writes over"):
+    plan.save(path)
+  assert path.read_text() == "mine"
+  assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]  # no temporary left behind
+
+
+def test_skip_pattern_matching_nothing_warns_and_add_lora_without_4bit_layers_raises():
+  from flax import nnx
+  import jaxfp4.nnx
+  model = nnx.Sequential(nnx.Linear(64, 64, rngs=nnx.Rngs(0)))
+  with pytest.warns(UserWarning, match=r"`skip` pattern 'lm_haed' matches no linear layer.*'layers.0'"):
+    jaxfp4.nnx.quantize_model(model, skip=["lm_haed"])
+  with pytest.raises(ValueError, match=r"`module` \(Sequential\) has no Dense4bit layer"):
+    jaxfp4.nnx.add_lora(nnx.Sequential(nnx.Linear(8, 8, rngs=nnx.Rngs(0))), rank=2, rngs=nnx.Rngs(1))

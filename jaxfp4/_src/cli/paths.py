@@ -74,13 +74,5 @@ def check_output(parser: argparse.ArgumentParser, option: str, path: str | None,
 
 def write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
   """Writes ``text`` to ``path`` through a temporary sibling and an atomic rename."""
-  path = pathlib.Path(path)
-  fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
-  return path
+  from jaxfp4._src.io.files import write_text_atomic
+  return write_text_atomic(path, text, overwrite=True)

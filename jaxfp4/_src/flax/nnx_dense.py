@@ -315,4 +315,7 @@ def add_lora(
       seen.add(id(node))
       if skip is None or not skip(".".join(str(p) for p in path), node):
         node.set_lora(rank, alpha=alpha, dropout=dropout, rngs=rngs)
+  if not seen:
+    raise ValueError(f"`module` ({type(module).__name__}) has no Dense4bit layer to give adapters; "
+                     "quantize it first (jaxfp4.nnx.quantize_model) or load a 4-bit checkpoint.")
   return module
