@@ -393,3 +393,72 @@ def test_skip_pattern_matching_nothing_warns_and_add_lora_without_4bit_layers_ra
     jaxfp4.nnx.quantize_model(model, skip=["lm_haed"])
   with pytest.raises(ValueError, match=r"`module` \(Sequential\) has no Dense4bit layer"):
     jaxfp4.nnx.add_lora(nnx.Sequential(nnx.Linear(8, 8, rngs=nnx.Rngs(0))), rank=2, rngs=nnx.Rngs(1))
+
+
+# --- vague errors: loaders -----------------------------------------------------------
+
+@pytest.fixture
+def tiny_4bit(tmp_path):
+  src = pathlib.Path(__file__).parent / "data" / "llama_tiny" / "nf4_dq"
+  dst = tmp_path / "ckpt"
+  dst.mkdir()
+  for f in src.iterdir():
+    (dst / f.name).write_bytes(f.read_bytes())
+  return dst
+
+
+@pytest.mark.parametrize("text,match", [
+    ("{not json", r"config.json: not valid JSON \(.* at line 1, column 2\)"),
+    ("x", r"`quantization_config` must be a JSON object, got 'x'"),
+])
+def test_from_pretrained_malformed_config_names_the_file(tiny_4bit, text, match):
+  from jaxfp4.models import llama
+  if text == "x":
+    cfg = json.loads((tiny_4bit / "config.json").read_text())
+    text = json.dumps(cfg | {"quantization_config": "x"})
+  (tiny_4bit / "config.json").write_text(text)
+  with pytest.raises(ValueError, match=match):
+    llama.from_pretrained(tiny_4bit, progress=False)
+
+
+def test_from_pretrained_malformed_index_names_the_file(tiny_4bit):
+  from jaxfp4.models import llama
+  (tiny_4bit / "model.safetensors.index.json").write_text('{"weight_map": ')
+  with pytest.raises(ValueError, match=r"model.safetensors.index.json: not valid JSON"):
+    llama.from_pretrained(tiny_4bit, progress=False)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(dtype="bf17"), r"`dtype` must be one of \('bfloat16', 'float16', 'float32'\), got 'bf17'"),
+    (dict(param_dtype=3.5), r"`param_dtype` must be one of"),
+    (dict(skip=5), r"`skip` must be a module name or a sequence of names/globs, got 5"),
+])
+def test_from_pretrained_bad_arguments(tiny_4bit, kwargs, match):
+  from jaxfp4.models import llama
+  with pytest.raises(ValueError, match=match):
+    llama.from_pretrained(tiny_4bit, progress=False, **kwargs)
+
+
+def test_from_pretrained_mis_shaped_4bit_tensor_is_named(tiny_4bit):
+  from jaxfp4.models import llama
+  path = tiny_4bit / "model.safetensors"
+  with jaxfp4.io.SafetensorsFile(path) as f:
+    tensors = {k: f.get(k) for k in f.keys()}
+  blob = next(k for k in tensors if k.startswith("model.layers.0.mlp.down_proj.weight.quant_state."))
+  meta = json.loads(tensors[blob].tobytes())
+  meta["shape"] = meta["shape"][::-1]  # transposed
+  tensors[blob] = np.frombuffer(json.dumps(meta).encode(), np.uint8).copy()
+  path.unlink()
+  jaxfp4.io.write_safetensors(path, tensors)
+  with pytest.raises(ValueError, match=r"tensor 'model.layers.0.mlp.down_proj.weight': The quantized "
+                                       r"weight has shape .* but the layer needs"):
+    llama.from_pretrained(tiny_4bit, progress=False)
+
+
+def test_dense4bit_quantized_must_be_a_pair_or_triple():
+  from flax import nnx
+  import jaxfp4.nnx
+  p, s = _state()
+  with pytest.raises(ValueError, match=r"`quantized` must be \(packed, state\) or \(packed, state, "
+                                       r"outliers\), got tuple of 1"):
+    jaxfp4.nnx.Dense4bit(64, 4, quantized=(p,), rngs=nnx.Rngs(0))

@@ -107,6 +107,10 @@ class Dense4bit(nnx.Module):
           compress_statistics=compress_statistics, quant_storage=quant_storage,
           outlier_columns=outlier_columns)
     else:
+      if not isinstance(quantized, (tuple, list)) or len(quantized) not in (2, 3):
+        raise ValueError("`quantized` must be (packed, state) or (packed, state, outliers), got "
+                         f"{type(quantized).__name__}"
+                         f"{f' of {len(quantized)}' if isinstance(quantized, (tuple, list)) else ''}.")
       packed, state, outliers = (*quantized, None) if len(quantized) == 2 else quantized
       dense.check_quantized(packed, state, in_features, out_features)
       if outliers is not None:

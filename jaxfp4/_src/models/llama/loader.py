@@ -76,6 +76,10 @@ def from_pretrained(
   """
   if (mesh is None) != (plan is None):
     raise ValueError("`mesh` and `plan` go together: give both to load the model sharded, or neither.")
+  if isinstance(skip, str):
+    skip = (skip,)
+  if not isinstance(skip, (tuple, list)) or not all(isinstance(s, str) for s in skip):
+    raise ValueError(f"`skip` must be a module name or a sequence of names/globs, got {skip!r}.")
   path = Path(path)
   hf = checkpoint.read_config(path)
   config = LlamaConfig.from_hf(hf)
@@ -102,9 +106,12 @@ def from_pretrained(
       rngs = nnx.Rngs(0)
       if key in quantized:
         info = ckpt.info(key)
-        return Dense4bit(in_features, out_features, use_bias=use_bias, dtype=dtype,
-                         param_dtype=param_dtype, implementation=implementation, rngs=rngs,
-                         quantized=(jnp.zeros(info.shape, info.dtype), states[key]))
+        try:
+          return Dense4bit(in_features, out_features, use_bias=use_bias, dtype=dtype,
+                           param_dtype=param_dtype, implementation=implementation, rngs=rngs,
+                           quantized=(jnp.zeros(info.shape, info.dtype), states[key]))
+        except ValueError as e:
+          raise ValueError(f"{path}: tensor {key!r}: {e}") from None
       if quant_type is not None and not skipped(module, None):
         return Dense4bit(in_features, out_features, use_bias=use_bias, dtype=dtype,
                          param_dtype=param_dtype, quant_type=quant_type, blocksize=blocksize,
