@@ -462,3 +462,42 @@ def test_dense4bit_quantized_must_be_a_pair_or_triple():
   with pytest.raises(ValueError, match=r"`quantized` must be \(packed, state\) or \(packed, state, "
                                        r"outliers\), got tuple of 1"):
     jaxfp4.nnx.Dense4bit(64, 4, quantized=(p,), rngs=nnx.Rngs(0))
+
+
+# --- vague errors: keys, nonfinite="raise" under jit, nvfp4 global_scale -------------
+
+@pytest.mark.parametrize("key,got", [
+    (42, r"got int 42"), (jnp.ones(2), r"got an array of float32\[2\]"),
+    (jnp.uint32(7), r"got an array of uint32\[\]"), (jax.random.split(jax.random.key(0)), r"keys\[2\]"),
+])
+def test_stochastic_rounding_key_is_validated(key, got):
+  with pytest.raises(ValueError, match=r"`key` must be a PRNG key: jax.random.key\(seed\) .*" + got):
+    jaxfp4.quantize_4bit(jnp.ones((2, 64)), quant_type="nf4", rounding="stochastic", key=key)
+  from jaxfp4 import training
+  with pytest.raises(ValueError, match=r"`key` must be a PRNG key"):
+    training.fake_quantize(jnp.ones((2, 64)), quant_type="nf4", rounding="stochastic", key=key)
+
+
+def test_legacy_key_works_and_unused_key_is_ignored():
+  x = jnp.asarray(_normal((2, 64)))
+  a = jaxfp4.quantize_4bit(x, quant_type="nf4", rounding="stochastic", key=jax.random.PRNGKey(1))[0]
+  b = jaxfp4.quantize_4bit(x, quant_type="nf4", rounding="stochastic", key=jax.random.key(1))[0]
+  np.testing.assert_array_equal(a, b)
+  ref = jaxfp4.quantize_4bit(x, quant_type="nf4")[0]
+  np.testing.assert_array_equal(jaxfp4.quantize_4bit(x, quant_type="nf4", key="garbage")[0], ref)
+
+
+def test_nonfinite_raise_under_jit_says_it_first(capfd):
+  import functools
+  q = jax.jit(functools.partial(jaxfp4.quantize_4bit, quant_type="nf4", nonfinite="raise"))
+  with pytest.raises(Exception, match=r"`x` has 128 NaN/Inf values and nonfinite='raise'"):
+    jax.block_until_ready(q(jnp.full((2, 64), jnp.nan)))
+  err = capfd.readouterr().err
+  assert err.startswith("jaxfp4.quantize_4bit (under jit): `x` has 128 NaN/Inf values"), err[:200]
+
+
+def test_nvfp4_global_scale_of_the_wrong_shape():
+  p, s = _state("nvfp4")
+  with pytest.raises(ValueError, match=r"QuantState `global_scale` must be a float32 scalar \(shape \(\)\), "
+                                       r"got float32\[2\]"):
+    jaxfp4.dequantize_4bit(p, dataclasses.replace(s, global_scale=jnp.ones(2, jnp.float32)))

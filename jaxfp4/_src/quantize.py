@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from typing import Any
 
 import jax
@@ -46,15 +47,27 @@ def _check_choice(name: str, value: Any, allowed: tuple) -> None:
     raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}.")
 
 
+def _nonfinite_message(count) -> str:
+  return f"`x` has {int(count)} NaN/Inf values and nonfinite='raise'."
+
+
 def _raise_if_nonfinite(count) -> None:
   if int(count):
-    raise ValueError(f"`x` has {int(count)} NaN/Inf values and nonfinite='raise'.")
+    raise ValueError(_nonfinite_message(count))
+
+
+def _raise_if_nonfinite_traced(count) -> None:
+  if int(count):
+    # JAX wraps a callback's exception in "JaxRuntimeError: INTERNAL: CpuCallback
+    # error" with the message at the end of a long traceback: say it first.
+    print(f"jaxfp4.quantize_4bit (under jit): {_nonfinite_message(count)}", file=sys.stderr, flush=True)
+    raise ValueError(_nonfinite_message(count))
 
 
 def _check_finite(x: jax.Array) -> None:
   count = jnp.sum(~jnp.isfinite(x))
   if isinstance(count, jax.core.Tracer):
-    jax.debug.callback(_raise_if_nonfinite, count)  # surfaces at run time
+    jax.debug.callback(_raise_if_nonfinite_traced, count)  # surfaces at run time
   else:
     _raise_if_nonfinite(count)
 
@@ -111,6 +124,10 @@ def quantize_4bit(
                      f"{fmt.name!r}: its block scales are already 8-bit.")
   if rounding == "stochastic" and key is None:
     raise ValueError("`rounding='stochastic'` needs a PRNG `key`.")
+  if rounding == "stochastic":
+    rounding_lib.check_key(key)
+  else:
+    key = None  # unused: never traced, so whatever was passed cannot fail inside jit
   storage = packing.storage_dtype(quant_storage)
   x = _check_input(x)
   if nonfinite == "raise":

@@ -236,6 +236,12 @@ class QuantState:
         raise ValueError(f"`state2.code` must have 256 entries, got {len(self.state2.code)}.")
     if (fmt.scale_kind == "e4m3") != (self.global_scale is not None):
       raise ValueError("`global_scale` is required for nvfp4 and only for nvfp4.")
+    if self.global_scale is not None and (
+        tuple(jnp.shape(self.global_scale)) != ()
+        or jnp.dtype(getattr(self.global_scale, "dtype", None)) != jnp.float32):
+      raise ValueError("QuantState `global_scale` must be a float32 scalar (shape ()), got "
+                       f"{getattr(self.global_scale, 'dtype', type(self.global_scale).__name__)}"
+                       f"{list(jnp.shape(self.global_scale))}.")
 
   # --- bitsandbytes serialization ---------------------------------------------------
 
