@@ -97,7 +97,8 @@ def quantize_4bit(
     rounding: ``"nearest"`` (bitsandbytes' thresholds for nf4/fp4,
       round-to-nearest-even for the E2M1 formats) or ``"stochastic"``.
     key: PRNG key, required for ``rounding="stochastic"``.
-    nonfinite: ``"propagate"`` (a block with NaN/Inf decodes to NaN),
+    nonfinite: ``"propagate"`` (a block with NaN/Inf decodes to NaN; nested,
+      its group of 256 blocks; a block max above 2**126 is kept),
       ``"bnb"`` (bitsandbytes' behaviour: NaN ignored in the max and encoded as
       nibble 0, Inf kept) or ``"raise"`` (ValueError; under ``jit`` an error at
       run time).

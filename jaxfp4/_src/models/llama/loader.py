@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from jaxfp4._src.flax.nnx_dense import Dense4bit
 from jaxfp4._src.flax.quantize_model import _matcher
+from jaxfp4._src.io.files import write_text_atomic
 from jaxfp4._src.io import checkpoint, hf_layout
 from jaxfp4._src.io.safetensors import write_safetensors
 from jaxfp4._src.models.llama.config import LlamaConfig
@@ -189,8 +190,7 @@ def save_pretrained(model: LlamaForCausalLM, out_dir: str | os.PathLike, *, prog
   write_safetensors(out_dir / checkpoint.SINGLE,
                     _progress(hf_layout.hf_tensors(model, denest=denest), progress),
                     metadata={"format": "pt"})
-  with open(out_dir / "config.json", "x") as f:
-    f.write(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+  write_text_atomic(out_dir / "config.json", json.dumps(hf, indent=2, sort_keys=True) + "\n")
   return out_dir
 
 
