@@ -29,6 +29,12 @@ from pallas_kernels import canonical_nan, flush_subnormals, mul_ftz
 NONFINITE_POLICIES = ("propagate", "bnb", "raise")
 _INF_BITS = 0x7F800000
 _MIN_NORMAL_BITS = 0x00800000
+# Above 2**126, 1/amax is a float32 subnormal that the fast-math reciprocal and
+# multiply flush to 0: the whole block would encode as 0 (bitsandbytes does,
+# docs/measurements/lut_2026-12-06b/bnb_huge.txt). Such blocks are scaled by
+# 1/4 first, which keeps 1/(amax/4) normal.
+HUGE_AMAX_BITS = 0x7E800000  # 2**126
+HUGE_PRESCALE = 0.25
 _NEG_FLT_MAX_BITS = np.float32(-np.finfo(np.float32).max).view(np.int32)
 
 __all__ = ["flush_subnormals", "mul_ftz"]  # re-exported for the other modules
@@ -105,15 +111,30 @@ class BlockCodec:
     """The bucket table as arrays (constants in XLA, kernel inputs in Pallas)."""
     return tuple(jnp.asarray(a) for a in self.table.arrays())
 
+  def scaled(self, x: jax.Array, mult: jax.Array, multiply=None) -> jax.Array:
+    """``x * mult`` (broadcast) as CUDA's ``mul.ftz.f32``.
+
+    A negative ``mult`` (only from the absmax rules under ``"propagate"`` and
+    ``"raise"``) marks a block whose max is above 2**126: ``-mult`` is
+    ``1/(amax/4)``, so ``x`` is multiplied by 1/4 first (exact for every value
+    that does not vanish at this scale anyway). Other blocks take exactly
+    bitsandbytes' single multiply.
+    """
+    mul = multiply or mul_ftz
+    if self.nonfinite == "bnb":
+      return mul(x, mult)
+    huge = mult < 0
+    return mul(jnp.where(huge, x * jnp.float32(HUGE_PRESCALE), x), jnp.abs(mult))
+
   def encode(self, x: jax.Array, mult: jax.Array, tables=None, multiply=None) -> jax.Array:
-    """Nibbles of ``x`` scaled by ``mult`` (broadcast).
+    """Nibbles of ``x`` scaled by ``mult`` (broadcast, see :meth:`scaled`).
 
     ``multiply`` must be CUDA's ``mul.ftz.f32`` (a subnormal input or product
     becomes a zero of the same sign): the kernel passes the PTX instruction,
     the XLA path its emulation.
     """
     base, thr = self.tables() if tables is None else tables
-    return self.encode_scaled((multiply or mul_ftz)(x, mult), base, thr)
+    return self.encode_scaled(self.scaled(x, mult, multiply), base, thr)
 
 
 def _reciprocal_or_nan(amax, reciprocal):
@@ -130,6 +151,25 @@ def _absmax_scale(amax, reciprocal):
 
 def _e2m1_absmax_scale(amax, reciprocal):
   return amax, _reciprocal_or_nan(amax, reciprocal) * jnp.float32(formats.E2M1_MAX)
+
+
+def _keeping_huge(rule, factor):
+  """``rule`` with blocks above 2**126 marked as :meth:`BlockCodec.scaled` reads them:
+  multiplier ``-(factor / (amax / 4))`` instead of a flushed ``factor / amax``."""
+  def scale(amax, reciprocal):
+    stored, mult = rule(amax, reciprocal)
+    bits = _int_bits(amax)
+    huge = (bits > HUGE_AMAX_BITS) & (bits < _INF_BITS)
+    r = reciprocal(jnp.where(huge, amax * jnp.float32(HUGE_PRESCALE), 1.0))
+    if factor != 1.0:
+      r = r * jnp.float32(factor)
+    return stored, jnp.where(huge, -r, mult)
+  scale.__name__ = rule.__name__ + "_keeping_huge"
+  return scale
+
+
+_absmax_scale_keeping_huge = _keeping_huge(_absmax_scale, 1.0)
+_e2m1_absmax_scale_keeping_huge = _keeping_huge(_e2m1_absmax_scale, formats.E2M1_MAX)
 
 
 def _e8m0_exponent(amax: jax.Array) -> jax.Array:
@@ -191,10 +231,17 @@ _RULES = {
 }
 
 
+_KEEPING_HUGE = {_absmax_scale: _absmax_scale_keeping_huge,
+                 _e2m1_absmax_scale: _e2m1_absmax_scale_keeping_huge}
+
+
 def codec_for(quant_type: str, nonfinite: str = "propagate") -> BlockCodec:
   """The :class:`BlockCodec` of ``quant_type`` under a non-finite policy."""
   formats.get_format(quant_type)
   scale, element = _RULES[quant_type]
+  if nonfinite != "bnb":
+    # bitsandbytes encodes a block above 2**126 as 0; the other policies keep it
+    scale = _KEEPING_HUGE.get(scale, scale)
   return BlockCodec(scale=scale, encode_scaled=encoders.ENCODERS[element],
                     table=encoders.TABLES[element], nonfinite=nonfinite)
 

@@ -105,7 +105,7 @@ def _compensated_add(x, y):
   return s, e1 + e2 + err
 
 
-def accurate_mean(a: jax.Array) -> jax.Array:
+def accurate_mean(a: jax.Array, count: jax.Array | None = None) -> jax.Array:
   """float32 mean whose sum is nearly the exact (float64) sum.
 
   bitsandbytes' offset is torch's float32 ``mean`` on the GPU, whose last bit
@@ -114,22 +114,62 @@ def accurate_mean(a: jax.Array) -> jax.Array:
   ``jnp.mean`` 24. The sum here carries each partial sum's rounding error
   (TwoSum) through one variadic reduction, so it is that correctly rounded sum
   in practice, whatever order the backend reduces in.
+
+  ``count`` (a traced int, default ``a.shape[0]``) divides the sum instead:
+  the mean of the finite entries when the others were zeroed.
   """
   n = a.shape[0]
   s, e = jax.lax.reduce((a, jnp.zeros_like(a)), (jnp.float32(0), jnp.float32(0)),
                         _compensated_add, (0,))
-  return unfused((s + e) * jnp.float32(1.0 / n))
+  inv = jnp.float32(1.0 / n)
+  if count is not None:  # the same constant when nothing was dropped
+    inv = jnp.where(count == n, inv, 1.0 / jnp.maximum(count, 1).astype(jnp.float32))
+  return unfused((s + e) * inv)
 
 
-def compress_absmax(absmax: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+# Above this absmax the statistics are computed at 2**-40 scale: the sum of up
+# to 2**31 entries cannot overflow and 1/(nested absmax) stays a normal float.
+# Exact powers of two, and never reached by finite weights of real models, so
+# ordinary states keep bitsandbytes' bytes.
+_BIG_ABSMAX = 2.0 ** 86
+_BIG_SCALE = 2.0 ** -40
+
+
+def compress_absmax(absmax: jax.Array, *, nonfinite: str = "propagate"
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Double-quantizes a float32 absmax vector as bitsandbytes does.
+
+  ``nonfinite="bnb"`` is bitsandbytes' computation, byte for byte: one
+  non-finite or very large absmax makes the mean (the offset) non-finite or
+  flushes the nested scale, and every block decodes to NaN (or to the offset).
+  Otherwise a NaN absmax (a block that held NaN/Inf) is left out of the mean and
+  makes only its nested group of 256 blocks NaN: the bitsandbytes layout has no
+  NaN code for one block. An absmax above 2**86 is left out of the mean too
+  (it would ruin every block's absmax), and the statistics are then computed at
+  a scale where the nested reciprocal stays a normal float32. Below that,
+  nothing changes: the bytes are bitsandbytes'.
 
   Returns:
     ``(codes uint8 [nb], offset float32 scalar, nested absmax float32)``; the
     offset is the mean of ``absmax``.
   """
-  offset = accurate_mean(absmax) if absmax.size else jnp.float32(0.0)
-  codes, absmax2 = quantize_blockwise_8bit(absmax - offset)
+  if nonfinite == "bnb" or not absmax.size:
+    offset = accurate_mean(absmax) if absmax.size else jnp.float32(0.0)
+    codes, absmax2 = quantize_blockwise_8bit(absmax - offset)
+    return codes, offset.astype(jnp.float32), absmax2
+  bad = jnp.isnan(absmax) | jnp.isinf(absmax)
+  good = jnp.where(bad, 0.0, absmax)
+  huge = good > _BIG_ABSMAX
+  big = jnp.any(huge)
+  good = jnp.where(big, good * jnp.float32(_BIG_SCALE), good)  # exact: a power of two
+  # The mean of the ordinary blocks: a huge one would shift the shared offset
+  # so far that every other block's absmax is lost in the 8-bit rounding.
+  offset = accurate_mean(jnp.where(huge, 0.0, good), jnp.sum(~bad & ~huge))
+  codes, absmax2 = quantize_blockwise_8bit(jnp.where(bad, offset, good) - offset)
+  offset = jnp.where(big, offset * jnp.float32(1 / _BIG_SCALE), offset)
+  absmax2 = jnp.where(big, absmax2 * jnp.float32(1 / _BIG_SCALE), absmax2)
+  group_bad = jnp.any(_pad_to_blocks(bad, formats.NESTED_BLOCKSIZE), axis=1)
+  absmax2 = jnp.where(group_bad, pallas_kernels.canonical_nan(absmax2.shape), absmax2)
   return codes, offset.astype(jnp.float32), absmax2
 
 

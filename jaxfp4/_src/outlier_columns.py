@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxfp4._src.quantize import dequantize_4bit, quantize_4bit
 from jaxfp4._src.state import QuantState
@@ -121,16 +122,38 @@ def dequantize_4bit_with_outliers(packed: jax.Array, state: QuantState, outliers
 
 
 def check_outliers(outliers: OutlierColumns, state: QuantState) -> None:
+  """Raises ValueError unless ``outliers`` fits the weight that ``state`` describes.
+
+  Shapes are always checked. The index values (in ``[0, in)``, no repeats) are
+  checked once per object, and skipped under ``jit`` where they are not known:
+  a wrong index would silently read another column, or NaN past the end.
+  """
   if not isinstance(outliers, OutlierColumns):
     raise ValueError(f"`outliers` must be an OutlierColumns, got {type(outliers).__name__}.")
+  if len(state.shape) != 2:
+    raise ValueError(f"`outliers` need a 2-D weight [out, in], but the state's shape is {state.shape}.")
   n, k = state.shape
-  c = outliers.index.shape[0] if outliers.index.ndim == 1 else -1
-  if c < 0 or not jnp.issubdtype(outliers.index.dtype, jnp.integer):
-    raise ValueError(f"`outliers.index` must be a 1-D int array, got {outliers.index.dtype}"
-                     f"{list(outliers.index.shape)}.")
+  index = outliers.index
+  c = index.shape[0] if getattr(index, "ndim", None) == 1 else -1
+  if c < 0 or not jnp.issubdtype(index.dtype, jnp.integer):
+    raise ValueError(f"`outliers.index` must be a 1-D int array, got {getattr(index, 'dtype', type(index))}"
+                     f"{list(getattr(index, 'shape', ()))}.")
+  if c >= k:
+    raise ValueError(f"`outliers.index` holds {c} columns; a weight with {k} input columns allows "
+                     f"at most {k - 1}.")
   if tuple(outliers.values.shape) != (n, c):
     raise ValueError(f"`outliers.values` must have shape ({n}, {c}) for a weight of shape {(n, k)}, "
                      f"got {tuple(outliers.values.shape)}.")
+  if isinstance(index, jax.core.Tracer) or outliers.__dict__.get("_checked_for") == k:
+    return
+  idx = np.asarray(index).astype(np.int64)
+  bad = idx[(idx < 0) | (idx >= k)]
+  if bad.size:
+    raise ValueError(f"`outliers.index` must hold input columns in [0, {k}), got {bad[:8].tolist()}.")
+  uniq, counts = np.unique(idx, return_counts=True)
+  if np.any(counts > 1):
+    raise ValueError(f"`outliers.index` must not repeat a column; repeated: {uniq[counts > 1][:8].tolist()}.")
+  object.__setattr__(outliers, "_checked_for", k)  # the index is immutable: check once
 
 
 def outlier_product(x: jax.Array, outliers: OutlierColumns) -> jax.Array:

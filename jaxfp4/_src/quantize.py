@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from typing import Any
 
 import jax
@@ -46,15 +47,27 @@ def _check_choice(name: str, value: Any, allowed: tuple) -> None:
     raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}.")
 
 
+def _nonfinite_message(count) -> str:
+  return f"`x` has {int(count)} NaN/Inf values and nonfinite='raise'."
+
+
 def _raise_if_nonfinite(count) -> None:
   if int(count):
-    raise ValueError(f"`x` has {int(count)} NaN/Inf values and nonfinite='raise'.")
+    raise ValueError(_nonfinite_message(count))
+
+
+def _raise_if_nonfinite_traced(count) -> None:
+  if int(count):
+    # JAX wraps a callback's exception in "JaxRuntimeError: INTERNAL: CpuCallback
+    # error" with the message at the end of a long traceback: say it first.
+    print(f"jaxfp4.quantize_4bit (under jit): {_nonfinite_message(count)}", file=sys.stderr, flush=True)
+    raise ValueError(_nonfinite_message(count))
 
 
 def _check_finite(x: jax.Array) -> None:
   count = jnp.sum(~jnp.isfinite(x))
   if isinstance(count, jax.core.Tracer):
-    jax.debug.callback(_raise_if_nonfinite, count)  # surfaces at run time
+    jax.debug.callback(_raise_if_nonfinite_traced, count)  # surfaces at run time
   else:
     _raise_if_nonfinite(count)
 
@@ -84,7 +97,8 @@ def quantize_4bit(
     rounding: ``"nearest"`` (bitsandbytes' thresholds for nf4/fp4,
       round-to-nearest-even for the E2M1 formats) or ``"stochastic"``.
     key: PRNG key, required for ``rounding="stochastic"``.
-    nonfinite: ``"propagate"`` (a block with NaN/Inf decodes to NaN),
+    nonfinite: ``"propagate"`` (a block with NaN/Inf decodes to NaN; nested,
+      its group of 256 blocks; a block max above 2**126 is kept),
       ``"bnb"`` (bitsandbytes' behaviour: NaN ignored in the max and encoded as
       nibble 0, Inf kept) or ``"raise"`` (ValueError; under ``jit`` an error at
       run time).
@@ -111,6 +125,10 @@ def quantize_4bit(
                      f"{fmt.name!r}: its block scales are already 8-bit.")
   if rounding == "stochastic" and key is None:
     raise ValueError("`rounding='stochastic'` needs a PRNG `key`.")
+  if rounding == "stochastic":
+    rounding_lib.check_key(key)
+  else:
+    key = None  # unused: never traced, so whatever was passed cannot fail inside jit
   storage = packing.storage_dtype(quant_storage)
   x = _check_input(x)
   if nonfinite == "raise":
@@ -120,7 +138,7 @@ def quantize_4bit(
       x, key, quant_type=fmt.name, blocksize=bs, rounding=rounding, nonfinite=nonfinite,
       implementation=implementation, compress_statistics=compress_statistics)
   state2 = None if absmax2 is None else NestedState(absmax=absmax2)
-  state = QuantState(
+  state = QuantState.unchecked(  # the quantizer's own scales: no host copy to check them
       absmax=absmax, shape=tuple(x.shape), dtype=jnp.dtype(x.dtype), blocksize=bs,
       quant_type=fmt.name, code=fmt.code, offset=offset, state2=state2,
       global_scale=global_scale)
@@ -156,7 +174,7 @@ def _quantize_arrays(x, key, *, quant_type, blocksize, rounding, nonfinite, impl
   elif rounding == "stochastic":
     xb = c.prepare(blocks)
     stored, mult = c.scale(c.amax([xb]), codec.default_reciprocal, *scalars)
-    nibbles = rounding_lib.stochastic_encode(codec.mul_ftz(xb, mult[:, None]), fmt, key)
+    nibbles = rounding_lib.stochastic_encode(c.scaled(xb, mult[:, None]), fmt, key)
     packed = packing.pack_nibbles(nibbles.reshape(-1)[: n + (n % 2)])
   else:
     packed, stored = pallas_kernels.quantize_blocks(
@@ -171,7 +189,7 @@ def _quantize_arrays(x, key, *, quant_type, blocksize, rounding, nonfinite, impl
     absmax = stored
   offset = absmax2 = None
   if compress_statistics:
-    absmax, offset, absmax2 = double_quant.compress_absmax(absmax)
+    absmax, offset, absmax2 = double_quant.compress_absmax(absmax, nonfinite=nonfinite)
   return packed, absmax, offset, absmax2, global_scale
 
 

@@ -20,6 +20,27 @@ from jaxfp4._src import formats
 ROUNDINGS = ("nearest", "stochastic")
 
 
+def check_key(key, *, name: str = "key"):
+  """``key`` if it is a PRNG key: typed (``jax.random.key``, shape ``()``) or
+  legacy (``jax.random.PRNGKey``, uint32[2]); else ValueError naming ``name``.
+
+  Checked here, before ``jit``, so a wrong key is not JAX's "invalid PRNG key
+  data" from deep inside the trace. Tracers are checked by shape and dtype too.
+  """
+  dt, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+  if dt is not None and shape is not None:
+    typed = jax.dtypes.issubdtype(dt, jax.dtypes.prng_key)
+    if typed and tuple(shape) == ():
+      return key
+    if not typed and dt == jnp.uint32 and tuple(shape) == (2,):
+      return key
+    got = f"an array of {'keys' if typed else jnp.dtype(dt).name}{list(shape)}"
+  else:
+    got = f"{type(key).__name__} {key!r}"[:80]
+  raise ValueError(f"`{name}` must be a PRNG key: jax.random.key(seed) (a typed key of shape ()) or "
+                   f"jax.random.PRNGKey(seed) (uint32[2]); got {got}.")
+
+
 def _ladder(fmt: formats.QuantFormat) -> tuple[np.ndarray, np.ndarray, bool]:
   """(sorted values, their nibbles, sign-magnitude?) for a format."""
   if fmt.name == "nf4":

@@ -29,7 +29,52 @@ def _static(**kw):
   return dataclasses.field(metadata=dict(static=True), **kw)
 
 
-@jax.tree_util.register_dataclass
+def _register(cls):
+  """Registers a frozen dataclass as a pytree whose unflatten skips ``__init__``.
+
+  Rebuilding a node after ``jit``, ``tree_map`` or an NNX graph traversal must
+  not re-run :meth:`QuantState.__post_init__`'s value checks (a host copy of
+  the scales each time); only a state built by hand is checked.
+  """
+  fields = dataclasses.fields(cls)
+  data = tuple(f.name for f in fields if not f.metadata.get("static", False))
+  meta = tuple(f.name for f in fields if f.metadata.get("static", False))
+
+  def flatten_with_keys(x):
+    return ([(jax.tree_util.GetAttrKey(n), getattr(x, n)) for n in data],
+            tuple(getattr(x, n) for n in meta))
+
+  def flatten(x):
+    return [getattr(x, n) for n in data], tuple(getattr(x, n) for n in meta)
+
+  def unflatten(aux, children):
+    return _unchecked(cls, **dict(zip(meta, aux)), **dict(zip(data, children)))
+
+  jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
+  return cls
+
+
+def _unchecked(cls, **kw):
+  """``cls(**kw)`` without ``__post_init__``: for states built from checked parts."""
+  obj = object.__new__(cls)
+  for f in dataclasses.fields(cls):
+    object.__setattr__(obj, f.name, kw[f.name] if f.name in kw else f.default)
+  return obj
+
+
+def _concrete(a) -> np.ndarray | None:
+  """``a`` on the host if its values are known here (not a tracer, not a placeholder)."""
+  if isinstance(a, np.ndarray):
+    return a
+  if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) and a.is_fully_addressable:
+    return np.asarray(a)
+  return None
+
+
+_NEG_FLT_MAX = np.float32(-np.finfo(np.float32).max)
+
+
+@_register
 @dataclasses.dataclass(frozen=True)
 class NestedState:
   """8-bit quantization state of a double-quantized absmax.
@@ -45,7 +90,7 @@ class NestedState:
   blocksize: int = _static(default=formats.NESTED_BLOCKSIZE)
 
 
-@jax.tree_util.register_dataclass
+@_register
 @dataclasses.dataclass(frozen=True)
 class QuantState:
   """Everything needed to decode a packed 4-bit tensor.
@@ -72,6 +117,67 @@ class QuantState:
   offset: jax.Array | None = None
   state2: NestedState | None = None
   global_scale: jax.Array | None = None
+
+  def __post_init__(self):
+    self.check_values()
+
+  @classmethod
+  def unchecked(cls, **fields) -> "QuantState":
+    """A state built without :meth:`check_values`, for scales that are known
+    good (fresh from the quantizer): checking them would copy them to the host."""
+    return _unchecked(cls, **fields)
+
+  def check_values(self) -> None:
+    """Rejects scales that no quantizer writes; runs where a state is built.
+
+    An absmax is a block's max |x|: never negative (bitsandbytes' one exception,
+    -FLT_MAX for an all-NaN block, is allowed), and a negative one would flip
+    the block's signs. Nested: the nested absmax is never negative and the
+    decoded absmax is not below 0 by more than the 8-bit map's rounding. NVFP4:
+    no negative E4M3 scale, and a positive finite ``global_scale``. NaN (a
+    block that held NaN/Inf) is allowed. Arrays whose values are unknown here
+    (tracers, placeholders) are skipped, so this also runs under ``jit``.
+    """
+    kind = formats.get_format(self.quant_type).scale_kind if self.quant_type in formats.QUANT_TYPES else None
+    a = _concrete(self.absmax)
+    if a is None or kind is None:
+      return
+    if kind == "absmax" and not self.nested and a.dtype == np.float32:
+      neg = np.flatnonzero((a.reshape(-1) < 0) & (a.reshape(-1) != _NEG_FLT_MAX))
+      if neg.size:
+        raise ValueError(f"QuantState `absmax` must not be negative (it is each block's max |x|); "
+                         f"block {neg[0]} has {a.reshape(-1)[neg[0]]}.")
+    elif kind == "e4m3" and a.dtype == np.dtype(jnp.float8_e4m3fn):
+      neg = np.flatnonzero(a.reshape(-1).astype(np.float32) < 0)
+      if neg.size:
+        raise ValueError(f"QuantState `absmax` (E4M3 block scales) must not be negative; "
+                         f"block {neg[0]} has {a.reshape(-1)[neg[0]].astype(np.float32)}.")
+      g = _concrete(self.global_scale)
+      if g is not None and g.size == 1 and not (np.isfinite(g).all() and float(g.reshape(-1)[0]) > 0):
+        raise ValueError(f"QuantState `global_scale` must be a positive finite float32, got {g.reshape(-1)[0]}.")
+    if self.nested and a.dtype == np.uint8:
+      a2, off = _concrete(self.state2.absmax), _concrete(self.offset)
+      if a2 is None or off is None or a2.ndim != 1 or off.size != 1:
+        return
+      if np.any(a2 < 0):
+        j = int(np.flatnonzero(a2 < 0)[0])
+        raise ValueError(f"QuantState `state2.absmax` (the nested absmax) must not be negative; "
+                         f"entry {j} has {a2[j]}.")
+      code = np.asarray(self.state2.code, np.float64)
+      bs2 = self.state2.blocksize
+      if len(code) != 256 or a2.size * bs2 < a.size:
+        return  # validate() names the shape error
+      scale = a2.astype(np.float64)[np.arange(a.size) // bs2]
+      with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf statistics (nonfinite="bnb")
+        decoded = code[a.reshape(-1)] * scale + float(off.reshape(-1)[0])
+        # the 8-bit rounding moves a decoded absmax by at most half the map's widest gap
+        slack = scale * (np.max(np.diff(code)) / 2) * (1 + 1e-6) + 1e-30
+        neg = np.flatnonzero(decoded < -slack)
+      if neg.size:
+        raise ValueError(f"QuantState `absmax` decodes to a negative value at block {neg[0]} "
+                         f"({decoded[neg[0]]:.6g} from code {a.reshape(-1)[neg[0]]}, nested absmax "
+                         f"{scale[neg[0]]:.6g} and `offset` {float(off.reshape(-1)[0]):.6g}); an absmax "
+                         "is never negative.")
 
   @property
   def nested(self) -> bool:
@@ -130,6 +236,12 @@ class QuantState:
         raise ValueError(f"`state2.code` must have 256 entries, got {len(self.state2.code)}.")
     if (fmt.scale_kind == "e4m3") != (self.global_scale is not None):
       raise ValueError("`global_scale` is required for nvfp4 and only for nvfp4.")
+    if self.global_scale is not None and (
+        tuple(jnp.shape(self.global_scale)) != ()
+        or jnp.dtype(getattr(self.global_scale, "dtype", None)) != jnp.float32):
+      raise ValueError("QuantState `global_scale` must be a float32 scalar (shape ()), got "
+                       f"{getattr(self.global_scale, 'dtype', type(self.global_scale).__name__)}"
+                       f"{list(jnp.shape(self.global_scale))}.")
 
   # --- bitsandbytes serialization ---------------------------------------------------
 

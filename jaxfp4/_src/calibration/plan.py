@@ -106,9 +106,9 @@ class PrecisionPlan:
     return {"format": "jaxfp4.PrecisionPlan", "version": FORMAT_VERSION, **dataclasses.asdict(self)}
 
   def save(self, path: str | Path) -> None:
-    """Writes the plan as JSON."""
-    with open(path, "w") as f:
-      json.dump(self.to_dict(), f)
+    """Writes the plan as JSON to a new file (FileExistsError if ``path`` exists)."""
+    from jaxfp4._src.io.files import write_text_atomic
+    write_text_atomic(path, json.dumps(self.to_dict()))
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "PrecisionPlan":

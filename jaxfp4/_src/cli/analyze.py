@@ -13,6 +13,7 @@ import pathlib
 
 from jaxfp4._src import formats
 from jaxfp4._src.cli.demo import check_options, check_writable, json_safe, quant_type_list
+from jaxfp4._src.cli.paths import write_text
 
 _SHOWN_NAMES = 8  # how many available names an unknown --figure lists
 
@@ -53,9 +54,11 @@ def run(args: argparse.Namespace) -> int:
   if args.max_tensors is not None and args.max_tensors < 0:
     parser.error(f"--max-tensors must be >= 0, got {args.max_tensors}")
   check_options(parser, args.quant_types, args.blocksize)
-  check_writable(parser, "--json", args.json)
+  check_writable(parser, "--json", args.json, inputs=[args.file])
   if args.figure is not None:
-    check_writable(parser, "--output", args.output)
+    check_writable(parser, "--output", args.output, inputs=[args.file])
+    if args.json is not None and pathlib.Path(args.json).resolve() == pathlib.Path(args.output).resolve():
+      parser.error(f"--json and --output name the same file {args.json!r}")
   try:
     infos = weights.list_tensors(args.file)
   except (OSError, ValueError) as e:
@@ -133,7 +136,6 @@ def run(args: argparse.Namespace) -> int:
            "rows": [{"tensor": n, "shape": list(info_of[n].shape), **r.as_dict()}
                     for n, _, r in rows],
            "skipped": [{"tensor": n, "reason": why} for n, why in skipped]}
-    with open(args.json, "w") as f:
-      json.dump(json_safe(doc), f, indent=1, allow_nan=False)
+    write_text(args.json, json.dumps(json_safe(doc), indent=1, allow_nan=False))
     print(f"json: {pathlib.Path(args.json).resolve()}")
   return 0

@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
   p.add_argument("--sweep-matmul", default="", metavar="MS",
                  help="also time every candidate matmul kernel config at these M (GPU)")
   p.add_argument("--quick", action="store_true", help="few repetitions (smoke test)")
-  p.set_defaults(run=run)
+  p.set_defaults(run=run, parser=p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
 
   from jaxfp4._src import bench
   from jaxfp4._src import formats
+  from jaxfp4._src.cli.demo import check_writable
+  from jaxfp4._src.cli.paths import write_text
+  check_writable(args.parser, "--json", args.json)
   shape = tuple(int(s) for s in args.shape.split(","))
   qts = [q.strip() for q in args.quant_types.split(",") if q.strip()]
   for qt in qts:
@@ -114,6 +117,5 @@ def run(args: argparse.Namespace) -> int:
   print(header)
   print("\n\n".join(tables))
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=1)
+    write_text(args.json, json.dumps(result, indent=1))
   return 0

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from jaxfp4._src import formats
+from jaxfp4._src.cli.paths import write_text
 
 
 def quant_type_list(text: str) -> list[str]:
@@ -42,10 +43,11 @@ def check_options(parser: argparse.ArgumentParser, quant_types: list[str],
       parser.error(f"--blocksize: {e}")
 
 
-def check_writable(parser: argparse.ArgumentParser, option: str, path: str | None) -> None:
-  """Fails before any work if the folder of an output path does not exist."""
-  if path is not None and not pathlib.Path(path).resolve().parent.is_dir():
-    parser.error(f"{option}: the folder of {path!r} does not exist")
+def check_writable(parser: argparse.ArgumentParser, option: str, path: str | None, *,
+                   inputs=(), overwrite: bool = True) -> None:
+  """Fails before any work if ``path`` cannot be written (see ``paths.check_output``)."""
+  from jaxfp4._src.cli.paths import check_output
+  check_output(parser, option, path, inputs=inputs, overwrite=overwrite)
 
 
 def json_safe(value: Any) -> Any:
@@ -134,8 +136,7 @@ def run(args: argparse.Namespace) -> int:
            "min": float(x.min()), "max": float(x.max()), "mean": float(x.mean()),
            "std_measured": float(x.std()), "bytes": x.nbytes, "figure": str(out),
            "reports": [r.as_dict() for r in reports]}
-    with open(args.json, "w") as f:
-      json.dump(json_safe(doc), f, indent=1, allow_nan=False)
+    write_text(args.json, json.dumps(json_safe(doc), indent=1, allow_nan=False))
     print(f"json: {pathlib.Path(args.json).resolve()}")
   sys.stdout.flush()
   return 0

@@ -21,6 +21,14 @@ def add_parser(sub) -> None:
 def rows(ckpt) -> list[dict]:
   """One row per dense tensor or 4-bit group."""
   from jaxfp4._src.io import checkpoint as ck
+  broken = ckpt.incomplete_groups()
+  if broken:
+    w, keys = next(iter(broken.items()))
+    more = f" ({len(broken) - 1} more 4-bit weights likewise)" if len(broken) > 1 else ""
+    raise ValueError(
+        f"{str(ckpt.path)!r}: the 4-bit group of {w!r} is incomplete: it has {keys} but no "
+        f"{w + '.quant_state.bitsandbytes__<nf4|fp4>'!r} blob, so its packed bytes cannot be "
+        f"decoded{more}.")
   out = []
   groups = {}
   for w in ckpt.quantized_weights():
@@ -42,7 +50,10 @@ def rows(ckpt) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+  from jaxfp4._src.cli.demo import check_writable
+  from jaxfp4._src.cli.paths import write_text
   from jaxfp4._src.io.checkpoint import Checkpoint
+  check_writable(args.parser, "--json", args.json, inputs=[args.path], overwrite=False)
   try:
     with Checkpoint(args.path) as ckpt:
       table = rows(ckpt)
@@ -63,8 +74,5 @@ def run(args: argparse.Namespace) -> int:
   if config and config.get("quantization_config"):
     print("quantization_config:", json.dumps(config["quantization_config"], sort_keys=True))
   if args.json:
-    from jaxfp4._src.cli.demo import check_writable
-    check_writable(args.parser, "--json", args.json)
-    with open(args.json, "x") as f:
-      json.dump(table, f, indent=1)
+    write_text(args.json, json.dumps(table, indent=1))
   return 0

@@ -26,13 +26,13 @@ def run(args: argparse.Namespace) -> int:
   from jaxfp4._src.calibration.plan import plan_precision
   from jaxfp4._src.calibration.report import CalibrationReport
   from jaxfp4._src.cli.demo import check_writable
-  check_writable(args.parser, "--figure", args.figure)
-  check_writable(args.parser, "--json", args.json)
+  check_writable(args.parser, "--figure", args.figure, inputs=[args.report])
+  check_writable(args.parser, "--json", args.json, inputs=[args.report], overwrite=False)
   try:
     report = CalibrationReport.load(args.report)
     plan = plan_precision(report, bits_per_weight=args.bits,
                           candidates=None if args.candidates is None else args.candidates.split(","))
-  except (ValueError, FileNotFoundError, KeyError) as e:
+  except (ValueError, OSError, KeyError) as e:
     args.parser.error(str(e))
   print(plan)
   if args.json:

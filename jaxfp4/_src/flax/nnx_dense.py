@@ -107,6 +107,10 @@ class Dense4bit(nnx.Module):
           compress_statistics=compress_statistics, quant_storage=quant_storage,
           outlier_columns=outlier_columns)
     else:
+      if not isinstance(quantized, (tuple, list)) or len(quantized) not in (2, 3):
+        raise ValueError("`quantized` must be (packed, state) or (packed, state, outliers), got "
+                         f"{type(quantized).__name__}"
+                         f"{f' of {len(quantized)}' if isinstance(quantized, (tuple, list)) else ''}.")
       packed, state, outliers = (*quantized, None) if len(quantized) == 2 else quantized
       dense.check_quantized(packed, state, in_features, out_features)
       if outliers is not None:
@@ -316,4 +320,7 @@ def add_lora(
       seen.add(id(node))
       if skip is None or not skip(".".join(str(p) for p in path), node):
         node.set_lora(rank, alpha=alpha, dropout=dropout, rngs=rngs)
+  if not seen:
+    raise ValueError(f"`module` ({type(module).__name__}) has no Dense4bit layer to give adapters; "
+                     "quantize it first (jaxfp4.nnx.quantize_model) or load a 4-bit checkpoint.")
   return module

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import math
+import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
@@ -100,6 +101,19 @@ def _matcher(skip) -> SkipFn:
   return match
 
 
+def _warn_unmatched(model: nnx.Module, skip) -> None:
+  """Warns for each ``skip`` pattern that names no linear layer (a typo would
+  otherwise quantize the layer it meant to keep, without a word)."""
+  if skip is None or callable(skip):
+    return
+  patterns = (skip,) if isinstance(skip, str) else tuple(skip)
+  paths = list(linear_layers(model))
+  for p in patterns:
+    if not any(p in path.split(".") or fnmatch.fnmatchcase(path, p) for path in paths):
+      warnings.warn(f"`skip` pattern {p!r} matches no linear layer of the model; its linear layers are "
+                    f"{paths[:6]}{' ...' if len(paths) > 6 else ''}.", UserWarning, stacklevel=3)
+
+
 def _get(node, key):
   return getattr(node, key) if isinstance(key, str) and hasattr(node, key) else node[key]
 
@@ -164,6 +178,7 @@ def quantize_model(
   if not isinstance(model, nnx.Module):
     raise ValueError(f"`model` must be an nnx.Module, got {type(model).__name__}.")
   match = _matcher(skip)
+  _warn_unmatched(model, skip)
   calibration = _check_calibration(model, calibration)
   if plan is not None:
     make_planned = _planned(model, plan, match, lora_rank=lora_rank, outlier_columns=outlier_columns,
@@ -328,10 +343,13 @@ def replace_linears(model: nnx.Module, make: Callable[[str, nnx.Linear], nnx.Mod
   for path, node in nnx.iter_graph(model):
     if isinstance(node, nnx.Linear) and path:
       found.setdefault(id(node), ([], node))[0].append(path)
+  # Every new layer is built before the first is put in: a layer that fails
+  # (too many outlier columns, a bad format) leaves the model untouched.
+  made = [(paths, linear, make(".".join(str(k) for k in paths[0]), linear))
+          for paths, linear in found.values()]
   out, replaced = [], {}
-  for paths, linear in found.values():
+  for paths, linear, new in made:
     name = ".".join(str(k) for k in paths[0])
-    new = make(name, linear)
     if new is not None:
       for path in paths:
         _replace(model, path, new)

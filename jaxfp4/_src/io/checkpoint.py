@@ -14,7 +14,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import jax.numpy as jnp
 import numpy as np
@@ -55,9 +55,9 @@ class Checkpoint:
     if path.is_dir():
       cfg = path / "config.json"
       if cfg.is_file():
-        self.config = json.loads(cfg.read_text())
+        self.config = read_json(cfg)
       if (path / INDEX).is_file():
-        index = json.loads((path / INDEX).read_text())
+        index = read_json(path / INDEX)
         wmap = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(wmap, dict):
           raise ValueError(f"{path / INDEX}: missing a `weight_map` object.")
@@ -126,6 +126,23 @@ class Checkpoint:
     """Names of the 4-bit weights (those with a quant-state blob)."""
     return [m["weight"] for k in self._where if (m := _BLOB.match(k))]
 
+  def incomplete_groups(self) -> dict[str, list[str]]:
+    """4-bit tensor groups without their quant-state blob: ``{weight: [its state keys]}``.
+
+    A packed weight with ``.absmax`` / ``.quant_map`` but no
+    ``.quant_state.bitsandbytes__*`` cannot be decoded; listed as dense
+    tensors it would look like an ordinary model.
+    """
+    done = set(self.quantized_weights())
+    out: dict[str, list[str]] = {}
+    for k in self._where:
+      weight, _, suffix = k.rpartition(".")
+      if suffix in ("absmax", "quant_map") and weight in self._where and weight not in done:
+        out.setdefault(weight, [])
+    for weight in out:
+      out[weight] = group_keys(weight, self._where)
+    return out
+
   def get_quant_state(self, weight: str) -> QuantState:
     """Reads the quant state of the 4-bit weight ``weight`` (not its packed bytes)."""
     group = {k: self.get(k) for k in group_keys(weight, self._where)}
@@ -174,10 +191,20 @@ def read_config(path: str | os.PathLike) -> dict:
   cfg = Path(path) / "config.json"
   if not cfg.is_file():
     raise FileNotFoundError(f"{str(path)!r} has no config.json.")
-  d = json.loads(cfg.read_text())
+  d = read_json(cfg)
   if not isinstance(d, dict):
     raise ValueError(f"{cfg}: must hold a JSON object.")
   return d
+
+
+def read_json(path: Path) -> Any:
+  """The JSON in ``path``; ValueError naming the file and the place of a syntax error."""
+  try:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}).") from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}).") from None
 
 
 def bnb_quantization(config: Mapping) -> dict | None:
@@ -189,6 +216,8 @@ def bnb_quantization(config: Mapping) -> dict | None:
   qc = config.get("quantization_config")
   if qc is None:
     return None
+  if not isinstance(qc, Mapping):
+    raise ValueError(f"config.json's `quantization_config` must be a JSON object, got {qc!r}.")
   method = qc.get("quant_method")
   if method != "bitsandbytes":
     raise ValueError(f"Unsupported quantization_config.quant_method {method!r}; jaxfp4 loads "
@@ -233,7 +262,10 @@ MODEL_DTYPES = ("bfloat16", "float16", "float32")
 
 def model_dtype(name: str, value) -> jnp.dtype:
   """``value`` as the compute or parameter dtype of a loaded model; ValueError naming ``name``."""
-  dt = jnp.dtype(value)
+  try:
+    dt = jnp.dtype(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"`{name}` must be one of {MODEL_DTYPES}, got {value!r}.") from None
   if dt.name not in MODEL_DTYPES:
     raise ValueError(f"`{name}` must be one of {MODEL_DTYPES}, got {value!r}.")
   return dt

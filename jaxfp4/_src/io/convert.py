@@ -15,6 +15,7 @@ import fnmatch
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxfp4._src.io import checkpoint
+from jaxfp4._src.io.files import _umask
 from jaxfp4._src.io.safetensors import write_safetensors
 from jaxfp4._src.quantize import quantize_4bit
 
@@ -67,6 +69,11 @@ def _check_dirs(in_dir: Path, out_dir: Path) -> None:
     raise ValueError(f"`out_dir` must lie outside `in_dir` ({str(in_dir)!r}); the input is never written to.")
   if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
     raise FileExistsError(f"`out_dir` {str(out_dir)!r} exists and is not empty; jaxfp4 never writes over files.")
+  for up in out_dir.resolve().parents:
+    if up.exists():
+      if not up.is_dir():
+        raise ValueError(f"`out_dir` {str(out_dir)!r} lies under {str(up)!r}, which is a file, not a directory.")
+      break
 
 
 def quantize_checkpoint(
@@ -112,46 +119,66 @@ def quantize_checkpoint(
                      "unquantized checkpoint instead.")
   ckpt = checkpoint.Checkpoint(in_dir)
   skip = tuple(skip)
-  quantized, kept = [], []
-  bytes_before = bytes_after = 0
   targets = {n for n in ckpt.keys() if is_linear_weight(n, ckpt.info(n).shape, skip)}
   if not targets:
     ckpt.close()
     raise ValueError(f"No linear weight found to quantize in {str(in_dir)!r} (skip={list(skip)}).")
+  # Everything is written into a temporary sibling that becomes out_dir only
+  # when complete: a failure (a bad tensor in shard 2, a full disk) leaves
+  # out_dir as it was, so the same command can simply be run again.
+  out_dir.parent.mkdir(parents=True, exist_ok=True)
+  final_dir, out_dir = out_dir, Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+  os.chmod(out_dir, 0o777 & ~_umask())  # mkdtemp's 0o700 would outlive the rename
   try:
-    total = len(ckpt.keys())
-    bar = tqdm(total=total, desc="quantize", unit="tensor", disable=not progress)
-    weight_map = {}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for f in ckpt.files:
-      def tensors(f=f):
-        nonlocal bytes_before, bytes_after
-        for name in f.keys():
-          info = f.info(name)
-          bytes_before += info.nbytes
-          a = f.get(name)
-          if dtype != "auto" and checkpoint.is_float_dtype(a.dtype):
-            a = a.astype(jnp.dtype(dtype))
-          if name in targets:
-            if not checkpoint.is_float_dtype(a.dtype) or a.dtype == np.float64:
-              raise ValueError(f"Tensor {name!r} has dtype {a.dtype}; only float16/bfloat16/float32 "
-                               "weights can be quantized.")
-            packed, state = quantize_4bit(jnp.asarray(a), quant_type=quant_type, blocksize=blocksize,
-                                          compress_statistics=compress_statistics)
-            group = list(checkpoint.tensor_group_4bit(name, jax.device_get(packed), state))
-            quantized.append(name)
-          else:
-            group = [(name, a)]
-            kept.append(name)
-          for k, v in group:
-            bytes_after += v.nbytes
-            weight_map[k] = f.path.name
-            yield k, v
-          bar.update(1)
-      write_safetensors(out_dir / f.path.name, tensors(), metadata={"format": "pt"})
-    bar.close()
+    report = _convert(ckpt, in_dir, out_dir, config, targets, quant_type=quant_type, blocksize=blocksize,
+                      compress_statistics=compress_statistics, skip=skip, dtype=dtype,
+                      compute_dtype=compute_dtype, progress=progress)
+    if final_dir.is_dir():
+      final_dir.rmdir()  # empty (checked above); fails if something appeared meanwhile
+    os.rename(out_dir, final_dir)
+  except BaseException:
+    shutil.rmtree(out_dir, ignore_errors=True)
+    raise
   finally:
     ckpt.close()
+  return dataclasses.replace(report, out_dir=final_dir)
+
+
+def _convert(ckpt, in_dir, out_dir, config, targets, *, quant_type, blocksize, compress_statistics,
+             skip, dtype, compute_dtype, progress) -> ConvertReport:
+  """Writes the converted checkpoint into ``out_dir`` (a fresh temporary directory)."""
+  quantized, kept = [], []
+  bytes_before = bytes_after = 0
+  total = len(ckpt.keys())
+  bar = tqdm(total=total, desc="quantize", unit="tensor", disable=not progress)
+  weight_map = {}
+  for f in ckpt.files:
+    def tensors(f=f):
+      nonlocal bytes_before, bytes_after
+      for name in f.keys():
+        info = f.info(name)
+        bytes_before += info.nbytes
+        a = f.get(name)
+        if dtype != "auto" and checkpoint.is_float_dtype(a.dtype):
+          a = a.astype(jnp.dtype(dtype))
+        if name in targets:
+          if not checkpoint.is_float_dtype(a.dtype) or a.dtype == np.float64:
+            raise ValueError(f"Tensor {name!r} has dtype {a.dtype}; only float16/bfloat16/float32 "
+                             "weights can be quantized.")
+          packed, state = quantize_4bit(jnp.asarray(a), quant_type=quant_type, blocksize=blocksize,
+                                        compress_statistics=compress_statistics)
+          group = list(checkpoint.tensor_group_4bit(name, jax.device_get(packed), state))
+          quantized.append(name)
+        else:
+          group = [(name, a)]
+          kept.append(name)
+        for k, v in group:
+          bytes_after += v.nbytes
+          weight_map[k] = f.path.name
+          yield k, v
+        bar.update(1)
+    write_safetensors(out_dir / f.path.name, tensors(), metadata={"format": "pt"})
+  bar.close()
   if (in_dir / checkpoint.INDEX).is_file():
     index = {"metadata": {"total_size": bytes_after}, "weight_map": dict(sorted(weight_map.items()))}
     _write_new(out_dir / checkpoint.INDEX, json.dumps(index, indent=2) + "\n")

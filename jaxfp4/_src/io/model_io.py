@@ -24,7 +24,7 @@ from jaxfp4._src.flax.graph import unique_variables
 from jaxfp4._src.flax.nnx_dense import QuantizedWeight
 from jaxfp4._src.io import checkpoint
 from jaxfp4._src.io.safetensors import write_safetensors
-from jaxfp4._src.outlier_columns import OutlierColumns
+from jaxfp4._src.outlier_columns import OutlierColumns, check_outliers
 from jaxfp4._src.sharding.layout import saved_packed
 from jaxfp4._src.state import QuantState
 from jaxfp4._src.version import __version__
@@ -121,7 +121,14 @@ def load_model(path: str | os.PathLike, model: nnx.Module, *, progress: bool = T
           parts[field] = ckpt.get(k)
           check_array_like(k, parts[field], getattr(var.get_value(), field))
           used.add(k)
-        var.set_value(OutlierColumns(index=jnp.asarray(parts["index"]), values=jnp.asarray(parts["values"])))
+        cols = OutlierColumns(index=jnp.asarray(parts["index"]), values=jnp.asarray(parts["values"]))
+        state_entry = entries.get(name.rsplit(".", 1)[0] + ".quant_state" if "." in name else "quant_state")
+        if state_entry is not None:
+          try:
+            check_outliers(cols, state_entry[2].get_value())
+          except ValueError as e:
+            raise ValueError(f"{path}: tensor {key + '.index'!r}: {e}") from None
+        var.set_value(cols)
       else:
         if key not in ckpt:
           raise ValueError(f"{path}: missing tensor {key!r} for the model's variable {name!r}.")

@@ -95,6 +95,7 @@ class SafetensorsFile:
     self._infos: dict[str, TensorInfo] = {}
     for name, entry in header.items():
       self._infos[name] = _parse_entry(self.path, name, entry, data_size)
+    _check_layout(self.path, list(self._infos.values()), data_size)
 
   def __enter__(self) -> "SafetensorsFile":
     return self
@@ -147,9 +148,11 @@ def _parse_entry(path: Path, name: str, entry, data_size: int) -> TensorInfo:
   if code not in DTYPES:
     raise ValueError(f"{path}: tensor {name!r} has dtype {code!r}; supported: {sorted(DTYPES)}.")
   shape, offsets = entry["shape"], entry["data_offsets"]
-  if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
+  if not (isinstance(shape, list)
+          and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
     raise ValueError(f"{path}: tensor {name!r} has a malformed shape {shape!r}.")
-  if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+  if not (isinstance(offsets, list) and len(offsets) == 2
+          and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
           and 0 <= offsets[0] <= offsets[1]):
     raise ValueError(f"{path}: tensor {name!r} has malformed data_offsets {offsets!r}.")
   dtype = DTYPES[code]
@@ -160,6 +163,26 @@ def _parse_entry(path: Path, name: str, entry, data_size: int) -> TensorInfo:
     raise ValueError(f"{path}: the file is truncated: tensor {name!r} ends at byte {offsets[1]} of "
                      f"the data section, which holds only {data_size} bytes.")
   return TensorInfo(name, dtype, tuple(shape), offsets[0], offsets[1])
+
+
+def _check_layout(path: Path, infos: list[TensorInfo], data_size: int) -> None:
+  """The format's rule for the data section: the tensors, sorted by offset, tile it
+  exactly (no overlap, no hole, nothing after the last). Two names on the same
+  bytes, or an offset shifted into a neighbour, would otherwise load silently."""
+  at, prev = 0, None
+  for info in sorted(infos, key=lambda i: (i.begin, i.end)):
+    if info.begin < at:
+      raise ValueError(f"{path}: tensors {prev.name!r} (bytes [{prev.begin}, {prev.end})) and "
+                       f"{info.name!r} (bytes [{info.begin}, {info.end})) overlap in the data section; "
+                       "each byte must belong to one tensor.")
+    if info.begin > at:
+      where = f"after tensor {prev.name!r}" if prev else "before the first tensor"
+      raise ValueError(f"{path}: bytes [{at}, {info.begin}) of the data section, {where} and before "
+                       f"{info.name!r}, belong to no tensor; the offsets must be contiguous.")
+    at, prev = info.end, info
+  if at != data_size:
+    raise ValueError(f"{path}: the data section holds {data_size} bytes but the tensors end at byte "
+                     f"{at}; the offsets must cover it exactly.")
 
 
 def _code(name: str, a: np.ndarray) -> str:

@@ -225,6 +225,8 @@ def fake_quantize(
   cap = _positive_number("dge_cap", dge_cap)
   if rounding == "stochastic" and key is None:
     raise ValueError("`rounding='stochastic'` needs a PRNG `key`.")
+  if rounding == "stochastic":
+    rounding_lib.check_key(key)
   if rounding == "nearest" and key is not None:
     raise ValueError("`key` is only for rounding='stochastic'; pass key=None with "
                      "rounding='nearest'.")

@@ -40,6 +40,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxfp4._src import rounding as rounding_lib
 from jaxfp4._src.training.fake_quant import dge_derivative, fake_quantize
 from jaxfp4._src.training.hadamard import random_hadamard_transform
 from jaxfp4._src.training.outliers import clamp_outliers
@@ -273,6 +274,8 @@ def fp4_matmul(
   needs_key = r.backward and r.stochastic_grads
   if needs_key and key is None:
     raise ValueError(f"recipe {r.name!r} rounds gradients stochastically: pass `key`.")
+  if key is not None:
+    rounding_lib.check_key(key)
   raw = jax.random.key_data(key if key is not None else jax.random.key(0))
   lead = x.shape[:-1]
   y = _fp4_matmul(x.reshape(-1, x.shape[-1]), w, raw, r)

@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from jaxfp4._src.flax.nnx_dense import Dense4bit
 from jaxfp4._src.flax.quantize_model import _matcher
+from jaxfp4._src.io.files import write_text_atomic
 from jaxfp4._src.io import checkpoint, hf_layout
 from jaxfp4._src.io.safetensors import write_safetensors
 from jaxfp4._src.models.llama.config import LlamaConfig
@@ -76,6 +77,10 @@ def from_pretrained(
   """
   if (mesh is None) != (plan is None):
     raise ValueError("`mesh` and `plan` go together: give both to load the model sharded, or neither.")
+  if isinstance(skip, str):
+    skip = (skip,)
+  if not isinstance(skip, (tuple, list)) or not all(isinstance(s, str) for s in skip):
+    raise ValueError(f"`skip` must be a module name or a sequence of names/globs, got {skip!r}.")
   path = Path(path)
   hf = checkpoint.read_config(path)
   config = LlamaConfig.from_hf(hf)
@@ -102,9 +107,12 @@ def from_pretrained(
       rngs = nnx.Rngs(0)
       if key in quantized:
         info = ckpt.info(key)
-        return Dense4bit(in_features, out_features, use_bias=use_bias, dtype=dtype,
-                         param_dtype=param_dtype, implementation=implementation, rngs=rngs,
-                         quantized=(jnp.zeros(info.shape, info.dtype), states[key]))
+        try:
+          return Dense4bit(in_features, out_features, use_bias=use_bias, dtype=dtype,
+                           param_dtype=param_dtype, implementation=implementation, rngs=rngs,
+                           quantized=(jnp.zeros(info.shape, info.dtype), states[key]))
+        except ValueError as e:
+          raise ValueError(f"{path}: tensor {key!r}: {e}") from None
       if quant_type is not None and not skipped(module, None):
         return Dense4bit(in_features, out_features, use_bias=use_bias, dtype=dtype,
                          param_dtype=param_dtype, quant_type=quant_type, blocksize=blocksize,
@@ -182,8 +190,7 @@ def save_pretrained(model: LlamaForCausalLM, out_dir: str | os.PathLike, *, prog
   write_safetensors(out_dir / checkpoint.SINGLE,
                     _progress(hf_layout.hf_tensors(model, denest=denest), progress),
                     metadata={"format": "pt"})
-  with open(out_dir / "config.json", "x") as f:
-    f.write(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+  write_text_atomic(out_dir / "config.json", json.dumps(hf, indent=2, sort_keys=True) + "\n")
   return out_dir
 
 
