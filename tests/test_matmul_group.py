@@ -37,20 +37,23 @@ def test_group_launch_equals_each_weight_and_meets_the_exact_product():
     assert err < 1e-6, err  # float32 sums of the float32 weight (measured 6e-8)
 
 
-def test_tensor_core_group_launch_equals_each_weight():
-  # 16-bit activations past the GEMV rows take the tensor-core kernel: one launch
-  # for the group, each weight's result as its own launch gives it.
+def test_tensor_core_group_kernel_equals_each_weight():
+  # The one-launch tensor-core kernel for a group: each weight's result as its
+  # own launch with the same config gives it, across partial row tiles.
   ws = _weights((24, 16, 40), 256, quant_type="fp4")
+  kws = [matmul_lib.kernel_weight(jnp.asarray(p), s) for p, s in ws]
+  fmt = kws[0][1]
+  cfg = pallas_kernels.LutConfig(kind="mma", block_n=16, chunks=2, split_k=2)
   biases = [jnp.linspace(-1, 1, 24), None, jnp.full((40,), 0.5)]
   x = (jax.random.normal(jax.random.key(8), (6, 256)) * 0.5).astype(jnp.bfloat16)
-  shared = matmul_group._shared_launch(x, [p for p, _ in ws], [s for _, s in ws], "pallas")
-  assert shared is not None and shared[2] == "mma"
-  got = jaxfp4.matmul_4bit_group(x, ws, biases=biases, implementation="pallas")
-  for y, (p, s), b in zip(got, ws, biases):
-    one = jaxfp4.matmul_4bit(x, p, s, bias=b, implementation="pallas")
+  got = pallas_kernels.matmul_lut_group(x, [w for w, _ in kws], fmt=fmt, biases=biases,
+                                        kind="mma", config=cfg, implementation="pallas")
+  for y, (w, _), (p, s), b in zip(got, kws, ws, biases):
+    one = pallas_kernels.matmul_lut(x, w, fmt=fmt, bias=b, kind="mma", config=cfg,
+                                    implementation="pallas")
     np.testing.assert_array_equal(np.asarray(y), np.asarray(one))
-    w = np.asarray(jaxfp4.dequantize_4bit(p, s).astype(jnp.bfloat16), np.float64)
-    exact = np.asarray(x, np.float64) @ w.T + (0 if b is None else np.asarray(b, np.float64))
+    w16 = np.asarray(jaxfp4.dequantize_4bit(p, s).astype(jnp.bfloat16), np.float64)
+    exact = np.asarray(x, np.float64) @ w16.T + (0 if b is None else np.asarray(b, np.float64))
     err = np.abs(np.asarray(y, np.float64) - exact).max() / np.abs(exact).max()
     assert err < 2 ** -8, err  # the output's bf16 rounding (unit 2^-8); measured 2.3e-3
 

@@ -91,14 +91,17 @@ def main(argv=None) -> int:
   p.add_argument("--m", type=int, default=1)
   p.add_argument("--blocksize", type=int, default=64)
   p.add_argument("--config", default="", help="LutConfig fields, e.g. block_n=16,chunks=16")
+  p.add_argument("--group", default="",
+                 help="row counts of a weight group sharing x (e.g. 4096,1024,1024): compile "
+                      "the one-launch group kernel; N of --shape is ignored")
   args = p.parse_args(argv)
   import jax
   import jax.numpy as jnp
   from jaxfp4._src import formats
   from pallas_kernels import LutConfig, PackedWeight, WeightFormat
   from pallas_kernels._src.lut_matmul.config import fit
-  from pallas_kernels._src.lut_matmul.gemv import gemv_4bit_triton
-  from pallas_kernels._src.lut_matmul.mma import mma_4bit_triton
+  from pallas_kernels._src.lut_matmul.gemv import gemv_4bit_group_triton, gemv_4bit_triton
+  from pallas_kernels._src.lut_matmul.mma import mma_4bit_group_triton, mma_4bit_triton
 
   n, k = (int(v) for v in args.shape.split("x"))
   bs = args.blocksize
@@ -110,6 +113,12 @@ def main(argv=None) -> int:
   w = PackedWeight(jax.ShapeDtypeStruct((n, k // bs, bs // 2), jnp.uint8),
                    jax.ShapeDtypeStruct((n, k // bs), jnp.float32))
   kernel = gemv_4bit_triton if args.kind == "gemv" else mma_4bit_triton
+  if args.group:
+    ns = [int(v) for v in args.group.split(",")]
+    cfg = fit(LutConfig(kind=args.kind, **kw), args.m, sum(ns), k // min(bs, 64))
+    w = [PackedWeight(jax.ShapeDtypeStruct((gn, k // bs, bs // 2), jnp.uint8),
+                      jax.ShapeDtypeStruct((gn, k // bs), jnp.float32)) for gn in ns]
+    kernel = gemv_4bit_group_triton if args.kind == "gemv" else mma_4bit_group_triton
   for ttir, grid in capture_triton_ir(lambda x, w: kernel(x, w, fmt=fmt, config=cfg), x, w):
     sass, usage = compile_sass(ttir, cfg.num_warps, cfg.num_stages)
     print(cfg.name(), "grid", grid)

@@ -215,9 +215,9 @@ def apply_shared_input(layers: Sequence[nnx.Module], x: jax.Array) -> tuple[jax.
   For the projections of a decoder layer that read the same input (q/k/v,
   gate/up): when every layer is a :class:`Dense4bit` with the same compute
   ``dtype`` and ``implementation`` and no outlier columns or sharding, their
-  4-bit products go through :func:`jaxfp4.matmul_4bit_group` (one kernel
-  launch at decode and small batch sizes; each layer's own product up to the
-  order of float32 sums). Any other
+  4-bit products go through :func:`jaxfp4.matmul_4bit_group` (one GEMV
+  launch at decode batch sizes; each layer's own product up to the order of
+  float32 sums). Any other
   layers, ``nnx.Linear`` included, are called one by one.
 
   Example:
