@@ -80,7 +80,9 @@ def parse(d: Mapping[str, Any]) -> dict[str, Any]:
   model_type = d.get("model_type")
   fam = family(model_type)
   gemma = model_type in _GEMMA
-  act = d.get("hidden_activation") or d.get("hidden_act") if gemma else d.get("hidden_act")
+  # modeling_gemma.py uses hidden_act; Gemma 2 and 3 use hidden_activation.
+  act = d.get("hidden_activation") or d.get("hidden_act") if model_type != "gemma" and gemma \
+      else d.get("hidden_act")
   if d.get("use_bidirectional_attention"):
     raise ValueError("`use_bidirectional_attention` must be false: jaxfp4's decoder is causal "
                      "(bidirectional Gemma 3 is an embedding model).")
