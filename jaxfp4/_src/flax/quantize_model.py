@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxfp4._src.flax.nnx_dense import Dense4bit
+from jaxfp4._src.flax.nnx_dense import Dense4bit, target_matcher
 
 SkipFn = Callable[[str, nnx.Module], bool]
 
@@ -122,6 +122,7 @@ def quantize_model(
     lora_rank: int = 0,
     lora_alpha: float | None = None,
     lora_dropout: float = 0.0,
+    target_modules: str | Sequence[str] | None = None,
     outlier_columns: int | Callable[[str, nnx.Linear], int] = 0,
     calibration: Mapping[str, jax.typing.ArrayLike] | None = None,
     plan: Any = None,
@@ -136,6 +137,9 @@ def quantize_model(
       of the dotted path (``"lm_head"``), globs on the whole path
       (``"layers.0.*"``), or a predicate ``(path, layer) -> bool``.
     lora_rank, lora_alpha, lora_dropout: adapters for every quantized layer.
+    target_modules: with ``lora_rank``, only these quantized layers get
+      adapters (PEFT's rules: names such as ``["q_proj", "v_proj"]`` match a
+      path ending in them, a string is a regex on the whole path).
     outlier_columns: input columns per layer kept in high precision, or a
       function ``(path, layer) -> int`` giving each layer its own count (for
       example 1% of ``layer.in_features``).
@@ -164,6 +168,10 @@ def quantize_model(
   if not isinstance(model, nnx.Module):
     raise ValueError(f"`model` must be an nnx.Module, got {type(model).__name__}.")
   match = _matcher(skip)
+  targeted = target_matcher(target_modules)
+  if target_modules is not None and not lora_rank:
+    raise ValueError("`target_modules` picks the layers that get LoRA adapters; it needs `lora_rank` > 0 "
+                     "(use `skip` to keep layers unquantized).")
   calibration = _check_calibration(model, calibration)
   if plan is not None:
     make_planned = _planned(model, plan, match, lora_rank=lora_rank, outlier_columns=outlier_columns,
@@ -180,7 +188,7 @@ def quantize_model(
     return Dense4bit.from_linear(
         linear, quant_type=quant_type, blocksize=blocksize,
         compress_statistics=compress_statistics, quant_storage=quant_storage,
-        lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        lora_rank=lora_rank if targeted(name) else 0, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         outlier_columns=columns, calibration=calibration.get(name), rngs=rngs)
 
   # A plan's bf16 layers are replaced too, but by an nnx.Linear: not 4-bit.

@@ -36,6 +36,7 @@ def from_pretrained(
     *,
     revision: str | None = None,
     local_files_only: bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
     dtype: Any = None,
     param_dtype: Any = None,
     quant_type: str | None = None,
@@ -54,8 +55,9 @@ def from_pretrained(
   Args:
     path: directory with ``config.json`` and ``model.safetensors`` (or shards),
       or a Hub repo id ``"org/name"`` resolved through huggingface_hub's cache.
-    revision, local_files_only: for a repo id (``HF_HUB_OFFLINE=1`` means
-      local files only).
+    revision, local_files_only, cache_dir: for a repo id: the revision, no
+      network (None: as ``HF_HUB_OFFLINE`` says), the hub cache (None:
+      huggingface_hub's default).
     dtype: compute dtype; None: the checkpoint's ``bnb_4bit_compute_dtype`` if
       4-bit, else its ``dtype`` (bfloat16 if unrecorded).
     param_dtype: dtype of the dense parameters; None: the checkpoint's dtype.
@@ -81,7 +83,7 @@ def from_pretrained(
   """
   if (mesh is None) != (plan is None):
     raise ValueError("`mesh` and `plan` go together: give both to load the model sharded, or neither.")
-  path = hub.resolve(path, revision=revision, local_files_only=local_files_only)
+  path = hub.resolve(path, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir)
   hf = checkpoint.read_config(path)
   config = model_class.config_class.from_hf(hf)
   bnb = checkpoint.bnb_quantization(hf)
