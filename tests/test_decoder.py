@@ -107,6 +107,9 @@ def test_config_round_trips_and_gemma_rules():
   for family in FAMILIES:
     cfg = decoder.DecoderConfig.from_hf(_hf(family))
     assert decoder.DecoderConfig.from_hf(json.loads(json.dumps(cfg.to_hf()))) == cfg, family
+  # transformers 5's Gemma configs type it int (strict dataclass validation).
+  assert decoder.DecoderConfig.from_hf(_hf("gemma2")).to_hf()["query_pre_attn_scalar"] == 24
+  assert isinstance(decoder.DecoderConfig.from_hf(_hf("gemma2")).to_hf()["query_pre_attn_scalar"], int)
   g3 = decoder.DecoderConfig.from_hf(_hf("gemma3_text"))
   assert g3.rope_local_theta == 1e4 and g3.rope_scaling["factor"] == 2.0
   assert [g3.layer_type(i) for i in range(2)] == ["sliding_attention", "full_attention"]

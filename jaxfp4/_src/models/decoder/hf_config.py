@@ -160,7 +160,8 @@ def write(c: DecoderConfig) -> dict[str, Any]:
     out["use_sliding_window"] = c.layer_types is not None
     out["max_window_layers"] = c.num_hidden_layers
   if c.model_type in ("gemma2", "gemma3_text"):
-    out.update(query_pre_attn_scalar=c.query_pre_attn_scalar,
+    q = c.query_pre_attn_scalar  # transformers 5 types it int
+    out.update(query_pre_attn_scalar=int(q) if q is not None and q.is_integer() else q,
                attn_logit_softcapping=c.attn_logit_softcapping,
                final_logit_softcapping=c.final_logit_softcapping)
   return out
