@@ -128,3 +128,4 @@ def test_adapters_for_missing_layers_are_refused():
   model = nnx.Sequential(jaxfp4.nnx.Dense4bit(64, 64, rngs=nnx.Rngs(0)))
   with pytest.raises(ValueError, match=r"adapters for \['model.layers.0.mlp.down_proj'"):
     jaxfp4.nnx.load_adapters(model, ADAPTER)
+

@@ -23,7 +23,8 @@ SkipFn = Callable[[str, nnx.Module], bool]
 
 @dataclasses.dataclass(frozen=True)
 class LayerReport:
-  """One ``nnx.Linear`` that ``quantize_model`` saw."""
+  """One linear layer that ``quantize_model`` saw; ``kept_because`` says why an
+  ``nnx.LinearGeneral`` / ``nnx.Einsum`` was left in high precision."""
 
   path: str
   in_features: int
@@ -31,6 +32,7 @@ class LayerReport:
   quantized: bool
   bytes_before: int
   bytes_after: int
+  kept_because: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,7 @@ class QuantizeReport:
       shape = f"[{l.in_features}, {l.out_features}]"
       rows.append(f"{l.path:<{w}}  {shape:>16}  {'4-bit' if l.quantized else 'kept':>8}  "
                   f"{l.bytes_before:>13,}  {l.bytes_after:>12,}")
+    rows += [f"kept {l.path}: {l.kept_because}" for l in self.layers if l.kept_because]
     rows.append(f"{self.num_quantized} of {len(self.layers)} linear layers quantized; "
                 f"{self.params:,} parameters; model {self.bytes_before:,} -> {self.bytes_after:,} bytes "
                 f"({self.ratio:.3f}x)")
@@ -195,7 +198,33 @@ def quantize_model(
   rows = [LayerReport(name, linear.in_features, linear.out_features, isinstance(new, Dense4bit),
                       state_nbytes(linear), state_nbytes(linear if new is None else new))
           for name, linear, new in replace_linears(model, make)]
+  rows += _kept_general(model, match)
   return QuantizeReport(tuple(rows), int(params), bytes_before, state_nbytes(model))
+
+
+# Layers quantize_model sees but does not convert, and why (reported, never silent).
+_KEPT = {
+    nnx.LinearGeneral: "nnx.LinearGeneral is kept in high precision: its multi-axis kernel is not converted "
+                       "(reshape it to an nnx.Linear to quantize it)",
+    nnx.Einsum: "nnx.Einsum is kept in high precision: an arbitrary einsum contraction has no 2-D "
+                "Dense4bit equivalent (write it as an nnx.Linear to quantize it)",
+}
+
+
+def _kept_general(model: nnx.Module, match: SkipFn) -> list[LayerReport]:
+  """Report rows for the ``nnx.LinearGeneral`` / ``nnx.Einsum`` layers left as they are."""
+  rows, seen = [], set()
+  for path, node in nnx.iter_graph(model):
+    why = _KEPT.get(type(node))
+    if why is None or id(node) in seen or not path:
+      continue
+    seen.add(id(node))
+    name = ".".join(str(k) for k in path)
+    shape = node.kernel.shape
+    n = state_nbytes(node)
+    rows.append(LayerReport(name, math.prod(shape[:-1]), shape[-1], False, n, n,
+                            "matched by `skip`" if match(name, node) else why))
+  return rows
 
 
 def _planned(model: nnx.Module, plan, match: SkipFn, *, lora_rank, outlier_columns, calibration):
