@@ -61,8 +61,8 @@ def linear_bytes(model) -> int:
 def call_projections_one_by_one() -> None:
   """Model code calls q/k/v and gate/up separately (no shared 4-bit launch): the baseline
   of the grouped launch."""
-  from jaxfp4._src.models.llama import model as llama_model
-  llama_model.apply_shared_input = lambda layers, x: tuple(layer(x) for layer in layers)
+  from jaxfp4._src.models.decoder import layers as decoder_layers  # the module that makes the call
+  decoder_layers.apply_shared_input = lambda layers, x: tuple(layer(x) for layer in layers)
 
 
 def build(cfg, variant: str, rngs_seed: int = 0):

@@ -1,6 +1,7 @@
 """Models built on jaxfp4's 4-bit layers."""
 
 from jaxfp4.models import bert as bert
+from jaxfp4.models import decoder as decoder
 from jaxfp4.models import llama as llama
 
-__all__ = ("bert", "llama")
+__all__ = ("bert", "decoder", "llama")

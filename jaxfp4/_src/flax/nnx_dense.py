@@ -8,6 +8,7 @@ them, so the integer bytes can't reach a float optimizer (jax_ecosystem.md §C).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from typing import Any, Callable
@@ -119,19 +120,24 @@ class Dense4bit(nnx.Module):
     self.quant_state = QuantizedWeight(state)
     self.outliers = QuantizedWeight(outliers) if outliers is not None else None
     self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
-    self.lora_rank, self.lora_alpha, self.lora_scale = 0, None, 0.0
+    self.lora_rank, self.lora_alpha, self.lora_scale, self.use_rslora = 0, None, 0.0, False
     self.lora_a, self.lora_b, self.lora_dropout = nnx.data(None), nnx.data(None), nnx.data(None)
     self.set_lora(lora_rank, alpha=lora_alpha, dropout=lora_dropout,
                   param_type=lora_param_type, rngs=rngs)
 
   def set_lora(self, rank: int, *, alpha: float | None = None, dropout: float = 0.0,
-               param_type: type[nnx.Variable] = nnx.LoRAParam, rngs: nnx.Rngs | None = None) -> None:
+               param_type: type[nnx.Variable] = nnx.LoRAParam, rngs: nnx.Rngs | None = None,
+               use_rslora: bool = False) -> None:
     """Replaces the layer's adapters by fresh ones (rank 0 removes them).
 
     ``A`` is drawn from ``rngs.params()`` and ``B`` is zero, so the output does
-    not change until the adapters are trained.
+    not change until the adapters are trained. The update is scaled by
+    ``alpha / rank``, or ``alpha / sqrt(rank)`` with ``use_rslora`` (rank-stabilized
+    LoRA, Kalajdzievski 2023, as PEFT's ``use_rslora``).
     """
     scale = dense.check_lora(rank, alpha, dropout)
+    if use_rslora and rank:
+      scale = scale * rank / rank**0.5
     if rank and rngs is None:
       raise ValueError("`rngs` is required to initialize LoRA adapters (rank > 0).")
     dt = self.param_dtype
@@ -139,6 +145,7 @@ class Dense4bit(nnx.Module):
     self.lora_b = param_type(jnp.zeros((rank, self.out_features), dt)) if rank else None
     self.lora_dropout = nnx.Dropout(dropout, rngs=rngs) if rank and dropout else None
     self.lora_rank, self.lora_alpha, self.lora_scale = rank, (alpha if rank else None), scale
+    self.use_rslora = bool(use_rslora and rank)
 
   def _arrays(self) -> dict:
     """The arguments of :func:`dense.dense_4bit` this layer holds."""
@@ -289,6 +296,8 @@ def add_lora(
     dropout: float = 0.0,
     rngs: nnx.Rngs,
     skip: Callable[[str, Dense4bit], bool] | None = None,
+    target_modules: str | Sequence[str] | None = None,
+    use_rslora: bool = False,
 ) -> nnx.Module:
   """Gives every ``Dense4bit`` in ``module`` fresh LoRA adapters, in place.
 
@@ -299,6 +308,11 @@ def add_lora(
     rank, alpha, dropout: the adapters' rank, scale numerator and input dropout.
     rngs: random streams for ``A`` (and dropout).
     skip: ``(path, layer) -> bool`` for layers to leave without adapters.
+    target_modules: only these layers get adapters, as PEFT's ``LoraConfig``
+      says it: a list of names, each matching a path equal to it or ending in
+      ``"." + name`` (``["q_proj", "v_proj"]``), or one regex that must match
+      the whole dotted path. None: every layer.
+    use_rslora: scale by ``alpha / sqrt(rank)`` (PEFT's ``use_rslora``).
 
   Returns:
     ``module``.
@@ -314,13 +328,41 @@ def add_lora(
   if not isinstance(module, nnx.Module):
     raise ValueError(f"`module` must be an nnx.Module, got {type(module).__name__}.")
   dense.check_lora(rank, alpha, dropout)
+  targeted = target_matcher(target_modules)
   seen = set()
   for path, node in list(nnx.iter_graph(module)):
     if isinstance(node, Dense4bit) and id(node) not in seen:
       seen.add(id(node))
-      if skip is None or not skip(".".join(str(p) for p in path), node):
-        node.set_lora(rank, alpha=alpha, dropout=dropout, rngs=rngs)
+      name = ".".join(str(p) for p in path)
+      if (skip is None or not skip(name, node)) and targeted(name):
+        node.set_lora(rank, alpha=alpha, dropout=dropout, rngs=rngs, use_rslora=use_rslora)
   if not seen:
     raise ValueError(f"`module` ({type(module).__name__}) has no Dense4bit layer to give adapters; "
                      "quantize it first (jaxfp4.nnx.quantize_model) or load a 4-bit checkpoint.")
   return module
+
+
+def target_matcher(target_modules: str | Sequence[str] | None) -> Callable[[str], bool]:
+  """``path -> bool`` with PEFT's ``target_modules`` rules (``check_target_module_exists``).
+
+  A string is a regex matched against the whole dotted path; a list of names
+  matches paths equal to a name or ending in ``"." + name``; None matches all.
+
+  Example:
+    >>> match = target_matcher(["q_proj", "v_proj"])
+    >>> match("model.layers.0.self_attn.q_proj"), match("model.layers.0.mlp.up_proj")
+    (True, False)
+  """
+  if target_modules is None:
+    return lambda path: True
+  if isinstance(target_modules, str):
+    try:
+      pattern = re.compile(target_modules)
+    except re.error as e:
+      raise ValueError(f"`target_modules` is not a valid regex ({e}): {target_modules!r}.") from None
+    return lambda path: pattern.fullmatch(path) is not None
+  names = tuple(target_modules) if isinstance(target_modules, (list, tuple, set, frozenset)) else None
+  if not names or not all(isinstance(n, str) and n for n in names):
+    raise ValueError("`target_modules` must be a regex string or a non-empty list of module names, "
+                     f"got {target_modules!r}.")
+  return lambda path: any(path == n or path.endswith("." + n) for n in names)

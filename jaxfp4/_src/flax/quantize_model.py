@@ -17,14 +17,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxfp4._src.flax.nnx_dense import Dense4bit
+from jaxfp4._src.flax.nnx_dense import Dense4bit, target_matcher
 
 SkipFn = Callable[[str, nnx.Module], bool]
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerReport:
-  """One ``nnx.Linear`` that ``quantize_model`` saw."""
+  """One linear layer that ``quantize_model`` saw; ``kept_because`` says why an
+  ``nnx.LinearGeneral`` / ``nnx.Einsum`` was left in high precision."""
 
   path: str
   in_features: int
@@ -32,6 +33,7 @@ class LayerReport:
   quantized: bool
   bytes_before: int
   bytes_after: int
+  kept_because: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +64,7 @@ class QuantizeReport:
       shape = f"[{l.in_features}, {l.out_features}]"
       rows.append(f"{l.path:<{w}}  {shape:>16}  {'4-bit' if l.quantized else 'kept':>8}  "
                   f"{l.bytes_before:>13,}  {l.bytes_after:>12,}")
+    rows += [f"kept {l.path}: {l.kept_because}" for l in self.layers if l.kept_because]
     rows.append(f"{self.num_quantized} of {len(self.layers)} linear layers quantized; "
                 f"{self.params:,} parameters; model {self.bytes_before:,} -> {self.bytes_after:,} bytes "
                 f"({self.ratio:.3f}x)")
@@ -136,6 +139,7 @@ def quantize_model(
     lora_rank: int = 0,
     lora_alpha: float | None = None,
     lora_dropout: float = 0.0,
+    target_modules: str | Sequence[str] | None = None,
     outlier_columns: int | Callable[[str, nnx.Linear], int] = 0,
     calibration: Mapping[str, jax.typing.ArrayLike] | None = None,
     plan: Any = None,
@@ -150,6 +154,9 @@ def quantize_model(
       of the dotted path (``"lm_head"``), globs on the whole path
       (``"layers.0.*"``), or a predicate ``(path, layer) -> bool``.
     lora_rank, lora_alpha, lora_dropout: adapters for every quantized layer.
+    target_modules: with ``lora_rank``, only these quantized layers get
+      adapters (PEFT's rules: names such as ``["q_proj", "v_proj"]`` match a
+      path ending in them, a string is a regex on the whole path).
     outlier_columns: input columns per layer kept in high precision, or a
       function ``(path, layer) -> int`` giving each layer its own count (for
       example 1% of ``layer.in_features``).
@@ -179,6 +186,10 @@ def quantize_model(
     raise ValueError(f"`model` must be an nnx.Module, got {type(model).__name__}.")
   match = _matcher(skip)
   _warn_unmatched(model, skip)
+  targeted = target_matcher(target_modules)
+  if target_modules is not None and not lora_rank:
+    raise ValueError("`target_modules` picks the layers that get LoRA adapters; it needs `lora_rank` > 0 "
+                     "(use `skip` to keep layers unquantized).")
   calibration = _check_calibration(model, calibration)
   if plan is not None:
     make_planned = _planned(model, plan, match, lora_rank=lora_rank, outlier_columns=outlier_columns,
@@ -195,14 +206,40 @@ def quantize_model(
     return Dense4bit.from_linear(
         linear, quant_type=quant_type, blocksize=blocksize,
         compress_statistics=compress_statistics, quant_storage=quant_storage,
-        lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        lora_rank=lora_rank if targeted(name) else 0, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         outlier_columns=columns, calibration=calibration.get(name), rngs=rngs)
 
   # A plan's bf16 layers are replaced too, but by an nnx.Linear: not 4-bit.
   rows = [LayerReport(name, linear.in_features, linear.out_features, isinstance(new, Dense4bit),
                       state_nbytes(linear), state_nbytes(linear if new is None else new))
           for name, linear, new in replace_linears(model, make)]
+  rows += _kept_general(model, match)
   return QuantizeReport(tuple(rows), int(params), bytes_before, state_nbytes(model))
+
+
+# Layers quantize_model sees but does not convert, and why (reported, never silent).
+_KEPT = {
+    nnx.LinearGeneral: "nnx.LinearGeneral is kept in high precision: its multi-axis kernel is not converted "
+                       "(reshape it to an nnx.Linear to quantize it)",
+    nnx.Einsum: "nnx.Einsum is kept in high precision: an arbitrary einsum contraction has no 2-D "
+                "Dense4bit equivalent (write it as an nnx.Linear to quantize it)",
+}
+
+
+def _kept_general(model: nnx.Module, match: SkipFn) -> list[LayerReport]:
+  """Report rows for the ``nnx.LinearGeneral`` / ``nnx.Einsum`` layers left as they are."""
+  rows, seen = [], set()
+  for path, node in nnx.iter_graph(model):
+    why = _KEPT.get(type(node))
+    if why is None or id(node) in seen or not path:
+      continue
+    seen.add(id(node))
+    name = ".".join(str(k) for k in path)
+    shape = node.kernel.shape
+    n = state_nbytes(node)
+    rows.append(LayerReport(name, math.prod(shape[:-1]), shape[-1], False, n, n,
+                            "matched by `skip`" if match(name, node) else why))
+  return rows
 
 
 def _planned(model: nnx.Module, plan, match: SkipFn, *, lora_rank, outlier_columns, calibration):

@@ -1,0 +1,29 @@
+"""A Flax NNX decoder for the common Hugging Face families, dense or bitsandbytes 4-bit.
+
+Llama (3.x RoPE scaling), Mistral, Qwen2/2.5, Qwen3, Gemma, Gemma 2, Gemma 3
+(text), Phi-3: one implementation driven by ``config.json``. Other families
+and features (MoE, YaRN/LongRoPE, partial rotary, multimodal) are refused with
+the reason. ``from_pretrained`` takes a directory or a Hub repo id.
+
+Example:
+  >>> from jaxfp4.models import decoder                              # doctest: +SKIP
+  >>> model = decoder.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct", quant_type="nf4")  # doctest: +SKIP
+  >>> tokens = decoder.generate(model, prompt_ids, max_new_tokens=32)  # doctest: +SKIP
+"""
+
+from jaxfp4._src.models.decoder.config import DecoderConfig as DecoderConfig
+from jaxfp4._src.models.decoder.families import FAMILIES as FAMILIES
+from jaxfp4._src.models.decoder.families import REFUSED as REFUSED
+from jaxfp4._src.models.decoder.generate import GenerateFns as GenerateFns
+from jaxfp4._src.models.decoder.generate import generate as generate
+from jaxfp4._src.models.decoder.generate import make_generate_fns as make_generate_fns
+from jaxfp4._src.models.decoder.generate import sample_logits as sample_logits
+from jaxfp4._src.models.decoder.loader import from_pretrained as from_pretrained
+from jaxfp4._src.models.decoder.loader import save_pretrained as save_pretrained
+from jaxfp4._src.models.decoder.model import DecoderForCausalLM as DecoderForCausalLM
+from jaxfp4._src.models.decoder.model import KVCache as KVCache
+from jaxfp4._src.models.decoder.model import init_cache as init_cache
+
+__all__ = ("DecoderConfig", "DecoderForCausalLM", "FAMILIES", "GenerateFns", "KVCache", "REFUSED",
+           "from_pretrained", "generate", "init_cache", "make_generate_fns", "sample_logits",
+           "save_pretrained")
