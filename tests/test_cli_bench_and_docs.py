@@ -59,9 +59,12 @@ def test_bench_matmul_table(tmp_path, capsys):
     assert (r["speedup_vs_bf16"] is None) == (r["quant_type"] == "bf16")
 
 
-def test_bench_rejects_an_unknown_quant_type():
+def test_bench_rejects_an_unknown_quant_type(capsys):
+  # one line naming the argument (the traceback only with --debug)
+  assert main(["bench", "--shape", "64,128", "--quant-types", "int4"]) == 1
+  assert "jaxfp4 bench: error: `quant_type` must be one of" in capsys.readouterr().err
   with pytest.raises(ValueError, match="`quant_type` must be one of"):
-    main(["bench", "--shape", "64,128", "--quant-types", "int4"])
+    main(["--debug", "bench", "--shape", "64,128", "--quant-types", "int4"])
 
 
 def test_tuned_configs_are_read_for_their_device_kind():

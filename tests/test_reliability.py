@@ -315,15 +315,21 @@ def test_cli_unwritable_folder_is_reported_before_the_work(weight_file, tmp_path
   assert "--json: cannot write to the folder of" in capsys.readouterr().err
 
 
-def test_cli_file_errors_are_one_line_with_debug_for_the_traceback(weight_file, tmp_path, capsys):
-  out = weight_file / "out"  # under a regular file: the library's OSError
+def test_cli_file_errors_are_one_line_with_debug_for_the_traceback(weight_file, capsys, monkeypatch):
   src = pathlib.Path(__file__).parent / "data" / "llama_tiny" / "bf16"
-  assert _cli(["quantize", src, out, "--no-progress"]) == 1
+  assert _cli(["quantize", src, weight_file / "out", "--no-progress"]) == 2  # checked up front
+  assert "lies under" in capsys.readouterr().err
+  from jaxfp4._src.io import convert
+
+  def denied(*a, **kw):
+    raise PermissionError(13, "Permission denied", "/data/out/model.safetensors")
+  monkeypatch.setattr(convert, "quantize_checkpoint", denied)
+  assert _cli(["quantize", src, "elsewhere", "--no-progress"]) == 1
   err = capsys.readouterr().err
-  assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-  assert str(out) in err or str(weight_file) in err
-  with pytest.raises(OSError):
-    _cli(["--debug", "quantize", src, out, "--no-progress"])
+  assert err == ("jaxfp4 quantize: error: Permission denied: '/data/out/model.safetensors' "
+                 "(check its permissions) (--debug shows the traceback)\n")
+  with pytest.raises(PermissionError):
+    _cli(["--debug", "quantize", src, "elsewhere", "--no-progress"])
 
 
 # --- 7. inspect says when a 4-bit group is incomplete ------------------------------
