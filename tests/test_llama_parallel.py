@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 
@@ -48,15 +49,23 @@ PLANS = {
 }
 
 
+@functools.lru_cache(maxsize=1)
+def _one_device_reference():
+  """Ids, logits and adapter gradients of the unsharded model (shared by the plans)."""
+  ids = _ids()
+  ref = _model(lora=True)
+  logits_ref = _forward(ref, ids[:, :-1])
+  grads_ref = nnx.jit(lambda m, i: nnx.grad(llama.causal_lm_loss,
+                                            argnums=nnx.DiffState(0, nnx.LoRAParam))(m, i))(ref, ids)
+  return ids, logits_ref, jax.tree.leaves(grads_ref)
+
+
 @pytest.mark.parametrize("name", sorted(PLANS))
 def test_sharded_forward_and_adapter_gradients_match_one_device(name):
   shape, make_plan = PLANS[name]
   mesh = auto_mesh(shape, ("data", "tp"))
   plan = make_plan()
-  ids = _ids()
-  ref = _model(lora=True)
-  logits_ref = _forward(ref, ids[:, :-1])
-  grads_ref = nnx.grad(llama.causal_lm_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(ref, ids)
+  ids, logits_ref, grads_ref = _one_device_reference()
   model = llama.shard_llama(_model(lora=True), mesh, plan)
   ids_s = jax.device_put(ids, llama.batch_sharding(mesh, plan))
   logits = _forward(model, ids_s[:, :-1])
@@ -65,7 +74,7 @@ def test_sharded_forward_and_adapter_gradients_match_one_device(name):
   np.testing.assert_allclose(np.asarray(logits), np.asarray(logits_ref), rtol=0, atol=4e-6 * scale)
   grads = nnx.jit(lambda m, i: nnx.grad(llama.causal_lm_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(m, i))(
       model, ids_s)
-  for a, b in zip(jax.tree.leaves(grads_ref), jax.tree.leaves(grads), strict=True):
+  for a, b in zip(grads_ref, jax.tree.leaves(grads), strict=True):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0,
                                atol=1e-5 * float(jnp.max(jnp.abs(a))) + 1e-9)
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import jaxfp4
 from jaxfp4._src import formats
 
-SETTINGS = settings(max_examples=20, deadline=None,
+SETTINGS = settings(max_examples=12, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
