@@ -22,9 +22,9 @@ def _weights(ns, k, *, nested=True, quant_type="nf4"):
 def test_group_launch_equals_each_weight_and_meets_the_exact_product():
   # Interpret mode runs the one-launch GEMV path (the same kernel body the GPU
   # compiles); it must give each weight's own kernel result bit for bit.
-  ws = _weights((24, 16, 40), 256)  # row counts that leave partial tiles
-  biases = [None, jnp.linspace(-1, 1, 16), jnp.full((40,), 0.5)]
-  x = jax.random.normal(jax.random.key(7), (3, 256), jnp.float32)
+  ws = _weights((24, 16, 8), 128)  # row counts that leave partial tiles
+  biases = [None, jnp.linspace(-1, 1, 16), jnp.full((8,), 0.5)]
+  x = jax.random.normal(jax.random.key(7), (3, 128), jnp.float32)
   shared = matmul_group._shared_launch(x, [p for p, _ in ws], [s for _, s in ws], "pallas")
   assert shared is not None  # the test exercises the shared launch, not the fallback
   got = jaxfp4.matmul_4bit_group(x, ws, biases=biases, implementation="pallas")
@@ -34,18 +34,18 @@ def test_group_launch_equals_each_weight_and_meets_the_exact_product():
     w = np.asarray(jaxfp4.dequantize_4bit(p, s), np.float64)
     exact = np.asarray(x, np.float64) @ w.T + (0 if b is None else np.asarray(b, np.float64))
     err = np.linalg.norm(np.asarray(y, np.float64) - exact) / np.linalg.norm(exact)
-    assert err < 1e-6, err  # float32 sums of the float32 weight (measured 6e-8)
+    assert err < 1e-6, err  # float32 sums of the float32 weight (measured 8e-8)
 
 
 def test_tensor_core_group_kernel_equals_each_weight():
   # The one-launch tensor-core kernel for a group: each weight's result as its
   # own launch with the same config gives it, across partial row tiles.
-  ws = _weights((24, 16, 40), 256, quant_type="fp4")
+  ws = _weights((24, 16, 8), 128, quant_type="fp4")
   kws = [matmul_lib.kernel_weight(jnp.asarray(p), s) for p, s in ws]
   fmt = kws[0][1]
-  cfg = pallas_kernels.LutConfig(kind="mma", block_n=16, chunks=2, split_k=2)
-  biases = [jnp.linspace(-1, 1, 24), None, jnp.full((40,), 0.5)]
-  x = (jax.random.normal(jax.random.key(8), (6, 256)) * 0.5).astype(jnp.bfloat16)
+  cfg = pallas_kernels.LutConfig(kind="mma", block_n=16, chunks=1, split_k=2)
+  biases = [jnp.linspace(-1, 1, 24), None, jnp.full((8,), 0.5)]
+  x = (jax.random.normal(jax.random.key(8), (6, 128)) * 0.5).astype(jnp.bfloat16)
   got = pallas_kernels.matmul_lut_group(x, [w for w, _ in kws], fmt=fmt, biases=biases,
                                         kind="mma", config=cfg, implementation="pallas")
   for y, (w, _), (p, s), b in zip(got, kws, ws, biases):
@@ -55,7 +55,7 @@ def test_tensor_core_group_kernel_equals_each_weight():
     w16 = np.asarray(jaxfp4.dequantize_4bit(p, s).astype(jnp.bfloat16), np.float64)
     exact = np.asarray(x, np.float64) @ w16.T + (0 if b is None else np.asarray(b, np.float64))
     err = np.abs(np.asarray(y, np.float64) - exact).max() / np.abs(exact).max()
-    assert err < 2 ** -8, err  # the output's bf16 rounding (unit 2^-8); measured 2.3e-3
+    assert err < 2 ** -8, err  # the output's bf16 rounding (unit 2^-8); measured 2.7e-3
 
 
 def test_group_falls_back_per_weight_when_formats_differ():
@@ -68,9 +68,9 @@ def test_group_falls_back_per_weight_when_formats_differ():
 
 
 def test_group_gradient_sums_the_input_gradients():
-  ws = _weights((32, 16), 256)
-  x = jax.random.normal(jax.random.key(3), (2, 5, 256), jnp.float32)
-  cot = [jax.random.normal(jax.random.key(10 + i), (2, 5, s.shape[0])) for i, (_, s) in
+  ws = _weights((32, 16), 128)
+  x = jax.random.normal(jax.random.key(3), (2, 3, 128), jnp.float32)
+  cot = [jax.random.normal(jax.random.key(10 + i), (2, 3, s.shape[0])) for i, (_, s) in
          enumerate(ws)]
 
   def loss_group(x):
