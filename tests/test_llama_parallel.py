@@ -60,7 +60,9 @@ def _one_device_reference():
   return ids, logits_ref, jax.tree.leaves(grads_ref)
 
 
-@pytest.mark.parametrize("name", sorted(PLANS))
+# fsdp8 alone is covered by the FSDP QLoRA steps below (same plan and mesh, losses
+# and updated adapters against one device); the 2-D meshes add the "tp" axis.
+@pytest.mark.parametrize("name", sorted(set(PLANS) - {"fsdp8"}))
 def test_sharded_forward_and_adapter_gradients_match_one_device(name):
   shape, make_plan = PLANS[name]
   mesh = auto_mesh(shape, ("data", "tp"))
