@@ -3,16 +3,6 @@
 Please use the names re-exported here; ``jaxfp4._src`` is not public API.
 """
 
-from jaxfp4 import analysis as analysis
-from jaxfp4._src.calibration.calibrate import calibrate as calibrate
-from jaxfp4._src.calibration.clipping import quantize_4bit_clipped as quantize_4bit_clipped
-from jaxfp4._src.calibration.clipping import search_clip as search_clip
-from jaxfp4._src.calibration.plan import PlanEntry as PlanEntry
-from jaxfp4._src.calibration.plan import PrecisionPlan as PrecisionPlan
-from jaxfp4._src.calibration.plan import plan_precision as plan_precision
-from jaxfp4._src.calibration.report import CalibrationReport as CalibrationReport
-from jaxfp4._src.calibration.report import CandidateResult as CandidateResult
-from jaxfp4._src.calibration.report import LayerCalibration as LayerCalibration
 from jaxfp4._src.formats import QUANT_TYPES as QUANT_TYPES
 from jaxfp4._src.matmul import matmul_4bit as matmul_4bit
 from jaxfp4._src.matmul_group import matmul_4bit_group as matmul_4bit_group
@@ -32,6 +22,37 @@ from jaxfp4._src.quantize import quantize_nf4 as quantize_nf4
 from jaxfp4._src.state import NestedState as NestedState
 from jaxfp4._src.state import QuantState as QuantState
 from jaxfp4._src.version import __version__ as __version__
+
+# Calibration and analysis run Flax models; they are imported on first use so
+# that ``import jaxfp4`` (formats, quantize, state, matmul) needs neither Flax
+# nor optax (PEP 562 module ``__getattr__``).
+_LAZY = {
+    "analysis": ("jaxfp4.analysis", None),
+    "calibrate": ("jaxfp4._src.calibration.calibrate", "calibrate"),
+    "quantize_4bit_clipped": ("jaxfp4._src.calibration.clipping", "quantize_4bit_clipped"),
+    "search_clip": ("jaxfp4._src.calibration.clipping", "search_clip"),
+    "PlanEntry": ("jaxfp4._src.calibration.plan", "PlanEntry"),
+    "PrecisionPlan": ("jaxfp4._src.calibration.plan", "PrecisionPlan"),
+    "plan_precision": ("jaxfp4._src.calibration.plan", "plan_precision"),
+    "CalibrationReport": ("jaxfp4._src.calibration.report", "CalibrationReport"),
+    "CandidateResult": ("jaxfp4._src.calibration.report", "CandidateResult"),
+    "LayerCalibration": ("jaxfp4._src.calibration.report", "LayerCalibration"),
+}
+
+
+def __getattr__(name: str):
+  if name not in _LAZY:
+    raise AttributeError(f"module 'jaxfp4' has no attribute {name!r}")
+  import importlib
+  module_name, attr = _LAZY[name]
+  module = importlib.import_module(module_name)
+  value = module if attr is None else getattr(module, attr)
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY))
 
 __all__ = (
     "QUANT_TYPES",
