@@ -21,8 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from jaxfp4._src.flax.nnx_dense import Dense4bit
+from jaxfp4._src.io.files import directory_atomic, refuse_nonempty_dir
 from jaxfp4._src.io.safetensors import SafetensorsFile, write_safetensors
 
 CONFIG = "adapter_config.json"
@@ -107,19 +106,10 @@ def save_adapters(model: nnx.Module, out_dir: str | os.PathLike, *,
       yield f"{PREFIX}{p}.lora_B.weight", np.ascontiguousarray(np.asarray(jax.device_get(l.lora_b.get_value())).T)
 
   out_dir = Path(out_dir)
-  if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-    raise FileExistsError(f"`out_dir` {str(out_dir)!r} exists and is not empty; jaxfp4 never writes over files.")
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.jaxfp4-"))
-  try:
+  refuse_nonempty_dir(out_dir)
+  with directory_atomic(out_dir) as tmp:
     write_safetensors(tmp / WEIGHTS, tensors(), metadata={"format": "pt"})
     (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    if out_dir.exists():
-      out_dir.rmdir()
-    tmp.rename(out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return out_dir
 
 

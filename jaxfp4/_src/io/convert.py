@@ -15,7 +15,6 @@ import fnmatch
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxfp4._src.io import checkpoint
-from jaxfp4._src.io.files import _umask
+from jaxfp4._src.io.files import directory_atomic
 from jaxfp4._src.io.safetensors import write_safetensors
 from jaxfp4._src.quantize import quantize_4bit
 
@@ -126,22 +125,14 @@ def quantize_checkpoint(
   # Everything is written into a temporary sibling that becomes out_dir only
   # when complete: a failure (a bad tensor in shard 2, a full disk) leaves
   # out_dir as it was, so the same command can simply be run again.
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  final_dir, out_dir = out_dir, Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
-  os.chmod(out_dir, 0o777 & ~_umask())  # mkdtemp's 0o700 would outlive the rename
   try:
-    report = _convert(ckpt, in_dir, out_dir, config, targets, quant_type=quant_type, blocksize=blocksize,
-                      compress_statistics=compress_statistics, skip=skip, dtype=dtype,
-                      compute_dtype=compute_dtype, progress=progress)
-    if final_dir.is_dir():
-      final_dir.rmdir()  # empty (checked above); fails if something appeared meanwhile
-    os.rename(out_dir, final_dir)
-  except BaseException:
-    shutil.rmtree(out_dir, ignore_errors=True)
-    raise
+    with directory_atomic(out_dir) as tmp:
+      report = _convert(ckpt, in_dir, tmp, config, targets, quant_type=quant_type, blocksize=blocksize,
+                        compress_statistics=compress_statistics, skip=skip, dtype=dtype,
+                        compute_dtype=compute_dtype, progress=progress)
   finally:
     ckpt.close()
-  return dataclasses.replace(report, out_dir=final_dir)
+  return dataclasses.replace(report, out_dir=out_dir)
 
 
 def _convert(ckpt, in_dir, out_dir, config, targets, *, quant_type, blocksize, compress_statistics,

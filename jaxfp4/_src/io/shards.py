@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from jaxfp4._src.io.checkpoint import INDEX, SINGLE
+from jaxfp4._src.io.files import directory_atomic, refuse_nonempty_dir
 from jaxfp4._src.io.safetensors import write_safetensors
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -91,11 +90,8 @@ def write_pretrained(
   """
   out_dir = Path(out_dir)
   limit = parse_size(max_shard_size)
-  if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-    raise FileExistsError(f"`out_dir` {str(out_dir)!r} exists and is not empty; jaxfp4 never writes over files.")
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.jaxfp4-"))
-  try:
+  refuse_nonempty_dir(out_dir)
+  with directory_atomic(out_dir) as tmp:
     names: list[list[str]] = []
     total = 0
     for i, shard in enumerate(_shards(tensors, limit)):
@@ -118,12 +114,6 @@ def write_pretrained(
     (tmp / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
     if model_card is not None:
       (tmp / "README.md").write_text(model_card)
-    if out_dir.exists():
-      out_dir.rmdir()  # empty (checked above); rmdir fails if something appeared meanwhile
-    tmp.rename(out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return out_dir
 
 
