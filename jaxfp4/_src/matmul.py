@@ -153,6 +153,28 @@ def _matmul_bwd(implementation, residuals, dy):
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+def check_product_shapes(x: jax.Array, state: QuantState, bias, *, weight: str,
+                         bias_name: str) -> tuple[int, int, jax.Array | None]:
+  """``(N, K, bias)`` of ``x @ W.T + bias``: ``state`` must describe a 2-D weight
+  ``[N, K]``, ``x`` be ``[..., K]`` and ``bias`` None or a float ``[N]``.
+
+  ``weight`` and ``bias_name`` name the arguments in the errors.
+  """
+  if len(state.shape) != 2:
+    raise ValueError(f"{weight} must be the state of a 2-D weight [N, K], got shape "
+                     f"{state.shape}.")
+  n, k = state.shape
+  if x.ndim < 1 or x.shape[-1] != k:
+    raise ValueError(f"`x` must have shape [..., K] with K={k} ({weight} is [N={n}, K={k}]), "
+                     f"got {tuple(x.shape)}.")
+  if bias is not None:
+    bias = jnp.asarray(bias)
+    if tuple(bias.shape) != (n,) or not jnp.issubdtype(bias.dtype, jnp.floating):
+      raise ValueError(f"{bias_name} must be a float array of shape ({n},), got "
+                       f"{bias.dtype} {tuple(bias.shape)}.")
+  return n, k, bias
+
+
 def matmul_4bit(
     x: jax.typing.ArrayLike,
     packed: jax.typing.ArrayLike,
@@ -215,21 +237,10 @@ def matmul_4bit(
   else:
     from jaxfp4._src.sharding import layout  # one-way import: sharding builds on this module
     data = layout.check_row_view(packed, state)
-  if len(state.shape) != 2:
-    raise ValueError(f"matmul_4bit needs the state of a 2-D weight [N, K], got shape "
-                     f"{state.shape}.")
-  n, k = state.shape
   x = jnp.asarray(x)
   if jnp.dtype(x.dtype).name not in ACTIVATION_DTYPES:
     raise ValueError(f"`x` must have a dtype in {ACTIVATION_DTYPES}, got {x.dtype}.")
-  if x.ndim < 1 or x.shape[-1] != k:
-    raise ValueError(f"`x` must have shape [..., K] with K={k} (the weight is [N={n}, K={k}]), "
-                     f"got {tuple(x.shape)}.")
-  if bias is not None:
-    bias = jnp.asarray(bias)
-    if tuple(bias.shape) != (n,) or not jnp.issubdtype(bias.dtype, jnp.floating):
-      raise ValueError(f"`bias` must be a float array of shape ({n},), got "
-                       f"{bias.dtype} {tuple(bias.shape)}.")
+  n, k, bias = check_product_shapes(x, state, bias, weight="`state`", bias_name="`bias`")
   lead = x.shape[:-1]
   if sharding is not None:
     if outliers is not None:

@@ -127,18 +127,8 @@ def matmul_4bit_group(
   datas, states, checked = [], [], []
   for i, ((packed, state), bias) in enumerate(zip(weights, biases)):
     data = quantize_lib.check_packed(packed, state)
-    if len(state.shape) != 2:
-      raise ValueError(f"weights[{i}]: matmul_4bit_group needs 2-D weights [N, K], got "
-                       f"shape {state.shape}.")
-    n, k = state.shape
-    if x.ndim < 1 or x.shape[-1] != k:
-      raise ValueError(f"weights[{i}] is [N={n}, K={k}]: `x` must have shape [..., {k}], got "
-                       f"{tuple(x.shape)}.")
-    if bias is not None:
-      bias = jnp.asarray(bias)
-      if tuple(bias.shape) != (n,) or not jnp.issubdtype(bias.dtype, jnp.floating):
-        raise ValueError(f"biases[{i}] must be a float array of shape ({n},), got "
-                         f"{bias.dtype} {tuple(bias.shape)}.")
+    _, _, bias = matmul_lib.check_product_shapes(x, state, bias, weight=f"weights[{i}]",
+                                                 bias_name=f"biases[{i}]")
     datas.append(data)
     states.append(state)
     checked.append(bias)

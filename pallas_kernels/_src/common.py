@@ -87,6 +87,18 @@ def split_range(split, steps, split_k: int):
   return lo, jnp.minimum(steps, lo + per)
 
 
+def sum_partials(outs, biases, dtype) -> tuple[jax.Array, ...]:
+  """Each ``[S, M, N]`` float32 stack of split-K partial products summed over S,
+  plus its bias (float32, or None), rounded once to ``dtype``."""
+  results = []
+  for out, bias in zip(outs, biases):
+    out = out.sum(axis=0)
+    if bias is not None:
+      out = out + bias.astype(jnp.float32)[None, :]
+    results.append(out.astype(dtype))
+  return tuple(results)
+
+
 def masked_load(ref, mask):
   """``ref[...]``, with rows outside ``mask`` read as zeros (no mask: plain load)."""
   if mask is None:

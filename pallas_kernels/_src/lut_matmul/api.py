@@ -16,7 +16,8 @@ from pallas_kernels._src.lut_matmul.config import LutConfig, MAX_GEMV_ROWS, fit
 from pallas_kernels._src.lut_matmul.gemv import gemv_4bit_group_triton, gemv_4bit_triton
 from pallas_kernels._src.lut_matmul.mma import mma_4bit_group_triton, mma_4bit_triton
 from pallas_kernels._src.lut_matmul.reference import lut_matmul_reference
-from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_operands
+from pallas_kernels._src.matmul_4bit.weight import (PackedWeight, WeightFormat, check_group,
+                                                    check_operands)
 
 # Crossovers when nothing is recorded for the device kind (measured on an H100,
 # 8192 x 8192 NF4, docs/benchmarks.md): the CUDA-core GEMV up to 4 rows of x,
@@ -61,6 +62,19 @@ def _bucket(kind: str, m: int) -> str:
   if kind == "gemv":
     return f"gemv/m{1 if m <= 1 else 2 if m <= 2 else 4 if m <= 4 else 8}"
   return f"mma/m{16 if m <= 16 else 64 if m <= 64 else 128}"
+
+
+def _resolve_kind(kind: str | None, m: int, dtype, device: str | None) -> str:
+  """``kind``, or the one :func:`choose_kind` picks for M rows (``"mma"`` past both
+  limits), checked against the activations' dtype."""
+  if kind is None:
+    kind = choose_kind(m, dtype, device) or "mma"
+  if kind not in ("gemv", "mma"):
+    raise ValueError(f"`kind` must be 'gemv' or 'mma', got {kind!r}.")
+  if kind == "mma" and jnp.dtype(dtype).name not in lut_decode.TABLE_DTYPES:
+    raise ValueError(f"The tensor-core kernel needs bfloat16 or float16 `x`, got {dtype}; "
+                     f"use kind='gemv' (M <= {MAX_GEMV_ROWS}) or the dequantize route.")
+  return kind
 
 
 def get_config(kind: str, m: int, n: int, k: int, blocksize: int,
@@ -109,13 +123,7 @@ def matmul_lut(
   if interpret is None:
     interpret = not common.on_gpu()
   device = None if interpret else common.device_kind()
-  if kind is None:
-    kind = choose_kind(m, x.dtype, device) or "mma"
-  if kind not in ("gemv", "mma"):
-    raise ValueError(f"`kind` must be 'gemv' or 'mma', got {kind!r}.")
-  if kind == "mma" and jnp.dtype(x.dtype).name not in lut_decode.TABLE_DTYPES:
-    raise ValueError(f"The tensor-core kernel needs bfloat16 or float16 `x`, got {x.dtype}; "
-                     f"use kind='gemv' (M <= {MAX_GEMV_ROWS}) or the dequantize route.")
+  kind = _resolve_kind(kind, m, x.dtype, device)
   implementation = common.choose_implementation(
       implementation, can_use_kernel(n, k, fmt.blocksize),
       f"The register-table kernels need K divisible by the blocksize: got N={n}, K={k}, "
@@ -162,26 +170,14 @@ def matmul_lut_group(
   Returns:
     One ``[M, N_i]`` array in ``x.dtype`` per weight.
   """
-  ws = tuple(ws)
-  if not ws:
-    raise ValueError("`ws` must hold at least one weight.")
-  biases = (None,) * len(ws) if biases is None else tuple(biases)
-  if len(biases) != len(ws):
-    raise ValueError(f"`biases` must have one entry per weight ({len(ws)}), got {len(biases)}.")
-  for w in ws:
-    check_operands(x, w, fmt, transpose=False)
+  ws, biases = check_group(x, ws, fmt, biases)
   m, k = x.shape
   if interpret is None:
     interpret = not common.on_gpu()
   device = None if interpret else common.device_kind()
-  if kind is None:
-    kind = choose_kind(m, x.dtype, device) or "mma"
-  if kind not in ("gemv", "mma"):
-    raise ValueError(f"`kind` must be 'gemv' or 'mma', got {kind!r}.")
+  kind = _resolve_kind(kind, m, x.dtype, device)
   if kind == "gemv" and m > MAX_GEMV_ROWS:
     raise ValueError(f"The GEMV kernel handles at most {MAX_GEMV_ROWS} rows of x, got M={m}.")
-  if kind == "mma" and jnp.dtype(x.dtype).name not in lut_decode.TABLE_DTYPES:
-    raise ValueError(f"kind='mma' needs bfloat16 or float16 `x`, got {x.dtype}.")
   n_total = sum(w.shape[0] for w in ws)
   implementation = common.choose_implementation(
       implementation, can_use_kernel(n_total, k, fmt.blocksize),

@@ -30,7 +30,7 @@ from pallas_kernels._src import common
 from pallas_kernels._src import lut_decode
 from pallas_kernels._src.lut_matmul import scales as scales_lib
 from pallas_kernels._src.lut_matmul.config import LutConfig
-from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_operands
+from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_group
 
 _DIMS = (((1,), (1,)), ((), ()))  # contract the last axes: [BN, C] x [BM, C] -> [BN, BM]
 
@@ -181,14 +181,7 @@ def mma_4bit_group_triton(
   Returns:
     One ``[M, N_i]`` array in ``x.dtype`` per weight.
   """
-  ws = tuple(ws)
-  if not ws:
-    raise ValueError("`ws` must hold at least one weight.")
-  biases = (None,) * len(ws) if biases is None else tuple(biases)
-  if len(biases) != len(ws):
-    raise ValueError(f"`biases` must have one entry per weight ({len(ws)}), got {len(biases)}.")
-  for w in ws:
-    check_operands(x, w, fmt, transpose=False)
+  ws, biases = check_group(x, ws, fmt, biases)
   m, k = x.shape
   ns = tuple(w.shape[0] for w in ws)
   if jnp.dtype(x.dtype).name not in lut_decode.TABLE_DTYPES:
@@ -223,10 +216,4 @@ def mma_4bit_group_triton(
   )(*args)
   if not partial:
     return tuple(outs)
-  results = []
-  for out, bias in zip(outs, biases):
-    out = out.sum(axis=0)
-    if bias is not None:
-      out = out + bias.astype(jnp.float32)[None, :]
-    results.append(out.astype(x.dtype))
-  return tuple(results)
+  return common.sum_partials(outs, biases, x.dtype)

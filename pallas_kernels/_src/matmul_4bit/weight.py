@@ -112,6 +112,22 @@ def check_operands(x: jax.Array, w: PackedWeight, fmt: WeightFormat, transpose: 
                      f"(transpose={transpose}), got {tuple(x.shape)}.")
 
 
+def check_group(x: jax.Array, ws, fmt: WeightFormat, biases) -> tuple[tuple, tuple]:
+  """:func:`check_operands` for every weight of a group that shares ``x``.
+
+  Returns ``(ws, biases)`` as tuples, ``biases`` one entry (or None) per weight.
+  """
+  ws = tuple(ws)
+  if not ws:
+    raise ValueError("`ws` must hold at least one weight.")
+  biases = (None,) * len(ws) if biases is None else tuple(biases)
+  if len(biases) != len(ws):
+    raise ValueError(f"`biases` must have one entry per weight ({len(ws)}), got {len(biases)}.")
+  for w in ws:
+    check_operands(x, w, fmt, transpose=False)
+  return ws, biases
+
+
 def combine_scales(base: jax.Array, group: jax.Array | None, offset: jax.Array | None,
                    fmt: WeightFormat, mul_rn=None) -> jax.Array:
   """Per-block float32 scale from the gathered parts.
