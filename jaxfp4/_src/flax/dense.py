@@ -104,20 +104,35 @@ def dense_4bit(
     sharding=None,
 ) -> jax.Array:
   """``x @ W.T + bias + scale * dropout(x) @ A @ B`` in the compute dtype."""
-  x = jnp.asarray(x)
-  if x.ndim < 1 or x.shape[-1] != state.shape[1]:
-    raise ValueError(f"Input `x` must have last dim {state.shape[1]} (in_features), got shape {x.shape}.")
-  dt = compute_dtype(x, state, dtype, bias, lora_a)
-  if not jnp.issubdtype(dt, jnp.floating) or dt.name not in formats.INPUT_DTYPES:
-    raise ValueError(f"The compute `dtype` must be one of {formats.INPUT_DTYPES}, got {dt}.")
+  x = _checked_input(x, state)
+  dt = _checked_dtype(compute_dtype(x, state, dtype, bias, lora_a))
   x = x.astype(dt)
   y = matmul_4bit(x, packed, state, bias=None if bias is None else bias.astype(dt),
                   outliers=outliers, implementation=implementation, sharding=sharding)
-  if lora_a is not None:
-    h = x if dropout is None else dropout(x)
-    delta = (h @ lora_a.astype(dt)) @ lora_b.astype(dt)
-    y = y + (delta * jnp.asarray(lora_scale, dt)).astype(dt)
-  return y
+  return _plus_lora(y, x, lora_a, lora_b, lora_scale, dropout)
+
+
+def _checked_input(x, state: QuantState) -> jax.Array:
+  x = jnp.asarray(x)
+  if x.ndim < 1 or x.shape[-1] != state.shape[1]:
+    raise ValueError(f"Input `x` must have last dim {state.shape[1]} (in_features), got shape {x.shape}.")
+  return x
+
+
+def _checked_dtype(dt: jnp.dtype) -> jnp.dtype:
+  if not jnp.issubdtype(dt, jnp.floating) or dt.name not in formats.INPUT_DTYPES:
+    raise ValueError(f"The compute `dtype` must be one of {formats.INPUT_DTYPES}, got {dt}.")
+  return dt
+
+
+def _plus_lora(y, x, lora_a, lora_b, lora_scale, dropout) -> jax.Array:
+  """``y + scale * dropout(x) @ A @ B`` in ``x``'s (the compute) dtype."""
+  if lora_a is None:
+    return y
+  dt = x.dtype
+  h = x if dropout is None else dropout(x)
+  delta = (h @ lora_a.astype(dt)) @ lora_b.astype(dt)
+  return y + (delta * jnp.asarray(lora_scale, dt)).astype(dt)
 
 
 def dense_4bit_group(x: jax.Array, layers: Sequence[dict], *, dtype,
@@ -125,32 +140,21 @@ def dense_4bit_group(x: jax.Array, layers: Sequence[dict], *, dtype,
   """:func:`dense_4bit` for layers that read the same ``x`` (each a dict of its
   keyword arguments plus ``packed`` and ``state``): the 4-bit products share
   one launch where :func:`matmul_4bit_group` can, the adapters run per layer."""
-  x = jnp.asarray(x)
   for layer in layers:
-    if x.ndim < 1 or x.shape[-1] != layer["state"].shape[1]:
-      raise ValueError(f"Input `x` must have last dim {layer['state'].shape[1]} (in_features), "
-                       f"got shape {x.shape}.")
+    x = _checked_input(x, layer["state"])
   dts = {compute_dtype(x, d["state"], dtype, d["bias"], d["lora_a"]) for d in layers}
   if len(dts) != 1:  # no common compute dtype: each layer on its own
     return tuple(dense_4bit(x, d["packed"], d["state"], dtype=dtype,
                             implementation=implementation,
                             **{k: v for k, v in d.items() if k not in ("packed", "state")})
                  for d in layers)
-  (dt,) = dts
-  if not jnp.issubdtype(dt, jnp.floating) or dt.name not in formats.INPUT_DTYPES:
-    raise ValueError(f"The compute `dtype` must be one of {formats.INPUT_DTYPES}, got {dt}.")
+  dt = _checked_dtype(dts.pop())
   x = x.astype(dt)
   ys = matmul_4bit_group(x, [(d["packed"], d["state"]) for d in layers],
                          biases=[None if d["bias"] is None else d["bias"].astype(dt)
                                  for d in layers], implementation=implementation)
-  out = []
-  for y, d in zip(ys, layers):
-    if d["lora_a"] is not None:
-      h = x if d["dropout"] is None else d["dropout"](x)
-      delta = (h @ d["lora_a"].astype(dt)) @ d["lora_b"].astype(dt)
-      y = y + (delta * jnp.asarray(d["lora_scale"], dt)).astype(dt)
-    out.append(y)
-  return tuple(out)
+  return tuple(_plus_lora(y, x, d["lora_a"], d["lora_b"], d["lora_scale"], d["dropout"])
+               for y, d in zip(ys, layers))
 
 
 def merged_weight(packed: jax.Array, state: QuantState, lora_a, lora_b, lora_scale: float,
