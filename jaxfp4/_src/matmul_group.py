@@ -29,11 +29,11 @@ def _shared_launch(x, datas, states, implementation):
   if len(states) < 2:
     return None
   routes = {matmul_lib._route(m, st, x.dtype, implementation, False) for st in states}
-  # Only the GEMV group is measured on a GPU (docs/benchmarks.md). The
-  # tensor-core group kernel (``matmul_lut_group(kind="mma")``) compiles for
-  # sm_90 but has not been timed against the per-weight launches and their
-  # per-shape configs, so those stay the default.
-  if routes != {"gemv"}:
+  # Both register-table kernels have a group form. Measured on an H100
+  # (docs/benchmarks.md, "Decode step"): the GEMV group cut a Llama-8B batch-1
+  # step by 8%, the tensor-core group 2-4% at batch 16 against per-weight
+  # launches with their per-shape configs. Dequantize + GEMM has no group form.
+  if len(routes) != 1 or not routes <= {"gemv", "mma"}:
     return None
   pairs = [matmul_lib.kernel_weight(d, st) for d, st in zip(datas, states)]
   if len({fmt for _, fmt in pairs}) != 1:
