@@ -105,20 +105,23 @@ def encode_decode(x, mult, absmax, c, lut):
 
 
 def check_hessian(h, k: int) -> jax.Array:
-  """``h`` as float32 ``[k, k]``; ValueError unless symmetric PSD (up to rounding) and finite."""
+  """``h`` as float32 ``[k, k]``; ValueError unless finite, symmetric, with a non-negative diagonal.
+
+  Positive semidefiniteness is checked where it costs nothing: the Cholesky
+  factorization of the damped ``H`` fails for an indefinite one (see
+  :func:`quantize_4bit_gptq`), with no O(k^3) eigendecomposition up front.
+  """
   h = jnp.asarray(h, jnp.float32)
   if h.shape != (k, k):
     raise ValueError(f"`h` must be the input Gram matrix [{k}, {k}] (in features of `w`), got shape {tuple(h.shape)}.")
-  hn = np.asarray(h, np.float64)
+  hn = np.asarray(h)
   if not np.all(np.isfinite(hn)):
     raise ValueError("`h` has NaN/Inf values.")
   scale = max(float(np.max(np.abs(hn))), 1e-30)
   if np.max(np.abs(hn - hn.T)) > 1e-4 * scale:
     raise ValueError("`h` must be symmetric (a Gram matrix sum x^T x).")
-  lo = float(np.linalg.eigvalsh((hn + hn.T) / 2)[0])
-  if lo < -1e-4 * scale:
-    raise ValueError(f"`h` must be positive semidefinite (a Gram matrix sum x^T x); its smallest eigenvalue "
-                     f"is {lo:.3g}.")
+  if np.min(np.diagonal(hn)) < 0:
+    raise ValueError("`h` must be positive semidefinite (a Gram matrix sum x^T x); it has a negative diagonal entry.")
   return h
 
 
@@ -306,22 +309,13 @@ def quantize_4bit_gptq(
     raise ValueError(f"`refit=True` needs `blocksize` ({bs}) to divide the in features ({k}).")
   storage = packing.storage_dtype(quant_storage)
   absmax = block_absmax(w, bs, clip)
-  absmax_eff, stored, offset, absmax2 = decoded_absmax(absmax, compress_statistics)
-  amap = element_map(absmax_eff, (out, k), bs)
-  u = inverse_cholesky(h, float(percdamp))
-  w32 = w.astype(jnp.float32)
-  perm = jnp.argsort(-jnp.diagonal(h), stable=True) if act_order else None
-  if perm is not None:
-    w32, amap, u = w32[:, perm], amap[:, perm], inverse_cholesky(h[perm][:, perm], float(percdamp))
-  lb = min(lazy_block, k)
-  pad = -k % lb
-  if pad:  # padded columns: zero weight, no coupling (identity rows of U)
-    w32 = jnp.pad(w32, ((0, 0), (0, pad)))
-    amap = jnp.pad(amap, ((0, 0), (0, pad)), constant_values=1.0)
-    u = jnp.pad(u, ((0, pad), (0, pad))).at[k:, k:].set(jnp.eye(pad))
-  targets = gptq_columns(w32, u, amap, quant_type=quant_type, lazy_block=lb)[:, :k]
-  if perm is not None:
-    targets = targets[:, jnp.argsort(perm)]
+  targets, absmax_eff, stored, offset, absmax2, ok = _gptq_arrays(
+      w, h, absmax, quant_type=quant_type, blocksize=bs, percdamp=float(percdamp), act_order=act_order,
+      lazy_block=min(lazy_block, k), compress_statistics=compress_statistics)
+  if not bool(ok):
+    raise ValueError(f"`h` is not positive semidefinite: the Cholesky factorization of H + {percdamp:g} * "
+                     "mean(diag H) * I failed (a Gram matrix sum x^T x never fails; raise `percdamp` if H "
+                     "is one with rounding errors).")
   if refit:
     c = codec.codec_for(quant_type)
     lut = jnp.asarray(formats.get_format(quant_type).decode_lut, jnp.float32)
@@ -333,6 +327,38 @@ def quantize_4bit_gptq(
     new_map = element_map(absmax, (out, k), bs)
     targets = unit * new_map
     absmax_eff, stored, offset, absmax2 = decoded_absmax(absmax, compress_statistics)
-  packed = pack_targets(targets, absmax_eff, quant_type=quant_type, blocksize=bs)
+  packed = _pack(targets, absmax_eff, quant_type=quant_type, blocksize=bs)
   state = make_state(w, stored, offset, absmax2, quant_type=quant_type, blocksize=bs)
   return packing.to_storage(packed, storage), state
+
+
+_pack = jax.jit(pack_targets, static_argnames=("quant_type", "blocksize"))
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "quant_type", "blocksize", "percdamp", "act_order", "lazy_block", "compress_statistics"))
+def _gptq_arrays(w, h, absmax, *, quant_type, blocksize, percdamp, act_order, lazy_block, compress_statistics):
+  """The array part of :func:`quantize_4bit_gptq` (one compiled program per shape and options).
+
+  Returns ``(targets, absmax the decoder uses, stored absmax, offset, nested absmax, cholesky ok)``.
+  """
+  out, k = w.shape
+  absmax_eff, stored, offset, absmax2 = decoded_absmax(absmax, compress_statistics)
+  amap = element_map(absmax_eff, (out, k), blocksize)
+  w32 = w.astype(jnp.float32)
+  perm = None
+  if act_order:
+    perm = jnp.argsort(-jnp.diagonal(h), stable=True)
+    w32, amap, h = w32[:, perm], amap[:, perm], h[perm][:, perm]
+  u = inverse_cholesky(h, percdamp)
+  ok = jnp.all(jnp.isfinite(u))
+  lb = lazy_block
+  pad = -k % lb
+  if pad:  # padded columns: zero weight, no coupling (identity rows of U)
+    w32 = jnp.pad(w32, ((0, 0), (0, pad)))
+    amap = jnp.pad(amap, ((0, 0), (0, pad)), constant_values=1.0)
+    u = jnp.pad(u, ((0, pad), (0, pad))).at[k:, k:].set(jnp.eye(pad))
+  targets = gptq_columns(w32, u, amap, quant_type=quant_type, lazy_block=lb)[:, :k]
+  if perm is not None:
+    targets = targets[:, jnp.argsort(perm)]
+  return targets, absmax_eff, stored, offset, absmax2, ok

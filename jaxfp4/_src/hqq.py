@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jaxfp4._src import codec
 from jaxfp4._src import formats
 from jaxfp4._src import packing
-from jaxfp4._src.gptq import check_weight, decoded_absmax, make_state, pack_targets
+from jaxfp4._src.gptq import _pack, check_weight, decoded_absmax, make_state
 from jaxfp4._src.state import QuantState
 
 
@@ -132,6 +132,6 @@ def quantize_4bit_hqq(
   blocks = _blocks(w, bs)
   scale = fit_scales(blocks, quant_type=quant_type, p=float(p), iters=iters, beta0=float(beta), kappa=float(kappa))
   absmax_eff, stored, offset, absmax2 = decoded_absmax(scale, compress_statistics)
-  packed = pack_targets(w, absmax_eff, quant_type=quant_type, blocksize=bs)
+  packed = _pack(w, absmax_eff, quant_type=quant_type, blocksize=bs)
   state = make_state(w, stored, offset, absmax2, quant_type=quant_type, blocksize=bs)
   return packing.to_storage(packed, storage), state

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxfp4._src.calibration.clipping import quantize_rows_clipped, row_errors, search_clip
+from jaxfp4._src.calibration.clipping import quantize_rows_clipped, search_clip
 from jaxfp4._src.flax.nnx_dense import Dense4bit
 from jaxfp4._src.flax.quantize_model import _matcher, _replace, linear_layers
 from jaxfp4._src.gptq import quantize_4bit_gptq
@@ -169,9 +169,17 @@ def _quantize_weight(w, h, method, opts, gptq_opts, hqq_opts):
   return quantize_4bit_gptq(w, h, **opts, **gptq_opts)
 
 
+@jax.jit
+def _error_and_energy(packed, state, w, h):
+  d = dequantize_4bit(packed, state).astype(jnp.float32) - w.astype(jnp.float32)
+  w32 = w.astype(jnp.float32)
+  hp = jax.lax.Precision.HIGHEST
+  return jnp.sum(d * jnp.matmul(d, h, precision=hp)), jnp.sum(w32 * jnp.matmul(w32, h, precision=hp))
+
+
 def _relative_error(packed, state, w, h) -> float:
-  energy = float(jnp.sum(row_errors(jnp.zeros_like(w, jnp.float32), w, h)))
-  err = float(jnp.sum(row_errors(dequantize_4bit(packed, state), w, h)))
+  """``tr(dW H dW^T) / tr(W H W^T)``: the layer's relative output error on the calibration inputs."""
+  err, energy = (float(v) for v in _error_and_energy(packed, state, w, h))
   return err / energy if energy > 0 else float(err > 0) * float("inf")
 
 
@@ -323,3 +331,35 @@ def _gram(layer, path, xs, args, i) -> jax.Array:
       g = jnp.matmul(x.T, x, precision=jax.lax.Precision.HIGHEST)
       h = g if h is None else h + g
   return h
+
+
+def write_quantized(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, compute_dtype: str = "bfloat16",
+                    progress: bool = True, **kwargs: Any) -> QuantizePretrainedReport:
+  """``quantize_pretrained(in_dir, **kwargs)`` written to ``out_dir`` as a bitsandbytes checkpoint.
+
+  ``out_dir`` must be new or empty and lie outside ``in_dir``; it appears only
+  when complete. Files of ``in_dir`` that are not weights or its config
+  (tokenizer, generation config) are copied.
+  """
+  import json
+  import shutil
+  from pathlib import Path
+
+  from jaxfp4._src.io import checkpoint
+  from jaxfp4._src.io.convert import _check_dirs
+  from jaxfp4._src.io.files import directory_atomic
+  from jaxfp4._src.models.decoder.loader import save_pretrained
+  in_dir, out_dir = Path(in_dir), Path(out_dir)
+  _check_dirs(in_dir, out_dir)
+  model, report = quantize_pretrained(in_dir, progress=progress, **kwargs)
+  with directory_atomic(out_dir) as tmp:
+    save_pretrained(model, tmp, progress=progress)
+    cfg_path = tmp / "config.json"
+    config = json.loads(cfg_path.read_text())
+    config["quantization_config"]["bnb_4bit_compute_dtype"] = compute_dtype  # not the float32 of calibration
+    cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for extra in sorted(in_dir.iterdir()):  # tokenizer, generation config, ...
+      if (extra.is_file() and extra.suffix != ".safetensors"
+          and extra.name not in ("config.json", checkpoint.INDEX, "README.md")):
+        shutil.copy2(extra, tmp / extra.name)
+  return report
