@@ -71,8 +71,9 @@ def main(argv=None) -> int:
   p.add_argument("dirs", nargs="+", type=Path, help="checkpoint directories written by jaxfp4")
   p.add_argument("--seq-len", type=int, default=32)
   p.add_argument("--batch", type=int, default=2)
-  p.add_argument("--rtol", type=float, default=0.02, help="max |diff| / max |logit| allowed (default 0.02)")
-  p.add_argument("--min-argmax", type=float, default=0.95, help="fraction of positions with the same argmax")
+  p.add_argument("--rtol", type=float, default=0.05, help="max |diff| / max |logit| allowed (default 0.05: bf16 compute)")
+  p.add_argument("--min-argmax", type=float, default=0.9,
+                 help="fraction of positions with the same argmax (default 0.9: near-ties flip in bf16)")
   args = p.parse_args(argv)
   import json
   failed = 0
