@@ -138,11 +138,11 @@ def inverse_cholesky(h: jax.Array, percdamp: float) -> jax.Array:
   h = jnp.where(jnp.diag(dead), 1.0, h)
   mean = jnp.mean(jnp.diagonal(h))
   h = h + jnp.eye(h.shape[0], dtype=h.dtype) * (percdamp * mean)
-  lower = jnp.linalg.cholesky(h)
-  eye = jnp.eye(h.shape[0], dtype=h.dtype)
-  linv = jax.scipy.linalg.solve_triangular(lower, eye, lower=True)
-  hinv = jnp.matmul(linv.T, linv, precision=HIGHEST)  # (L L^T)^-1 = L^-T L^-1
-  u = jnp.linalg.cholesky(hinv).T
+  # One Cholesky instead of two: with J the reversal, chol(J H J) = L gives H = R R^T for the upper
+  # triangular R = J L J, so H^-1 = R^-T R^-1 and U = R^-1 = J L^-1 J (upper, positive diagonal).
+  lower = jnp.linalg.cholesky(h[::-1, ::-1])
+  linv = jax.scipy.linalg.solve_triangular(lower, jnp.eye(h.shape[0], dtype=h.dtype), lower=True)
+  u = linv[::-1, ::-1]
   return u.astype(jnp.float32)
 
 
@@ -206,6 +206,7 @@ def make_state(w, stored, offset, absmax2, *, quant_type, blocksize) -> QuantSta
                     state2=None if absmax2 is None else NestedState(absmax=absmax2))
 
 
+@functools.partial(jax.jit, static_argnames=("blocksize",))
 def refit_absmax(w, targets_nib_values, absmax, h, *, blocksize) -> jax.Array:
   """The per-block scales that minimize each row's output error with the nibbles fixed.
 
