@@ -136,7 +136,7 @@ def main(argv=None) -> int:
   if not (out / "bf16").is_dir():
     pretrain(out, args)
   for m in methods:
-    if (out / m.replace("+", "_")).exists():
+    if m != "bf16" and (out / m.replace("+", "_")).exists():
       p.error(f"{out / m.replace('+', '_')} exists; use a new --out-dir (only bf16/ is reused)")
   rows = []
   for m in methods:
