@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "examples"))
 
-METHODS = ("bf16", "rtn", "clip", "hqq", "gptq", "gptq+refit", "rtn+dq", "gptq+dq")
+METHODS = ("bf16", "rtn", "clip", "hqq", "gptq", "gptq+refit", "rtn+dq", "gptq+dq", "rtn+fp4", "gptq+fp4",
+           "hqq+fp4", "clip+fp4")
 PRESET = dict(hidden_size=192, intermediate_size=512, layers=4, heads=6, kv_heads=3, seq_len=128, batch_size=16)
 
 
@@ -84,7 +85,8 @@ def run_one(out: Path, spec: str) -> dict:
   if method != "bf16":
     batches = [calib[i:i + 16] for i in range(0, calib.shape[0], 16)]
     model, report = decoder.quantize_pretrained(
-        model, calibration=batches, method=method, compress_statistics="dq" in mods, refit="refit" in mods)
+        model, calibration=batches, method=method, compress_statistics="dq" in mods, refit="refit" in mods,
+        quant_type="fp4" if "fp4" in mods else "nf4")
   seconds = time.perf_counter() - t0
   if method != "bf16":
     decoder.save_pretrained(model, out / spec.replace("+", "_"), progress=False)
@@ -100,12 +102,15 @@ def run_one(out: Path, spec: str) -> dict:
 
 def table(rows: list[dict]) -> str:
   base = next(r for r in rows if r["method"] == "bf16")
-  rtn = next((r for r in rows if r["method"] == "rtn"), None)
-  head = ("| method | eval loss (nats/byte) | perplexity | ppl increase vs bf16 | gap vs RTN NF4 | "
+  rtn_of = {fmt: next((r for r in rows if r["method"] == name), None)
+            for fmt, name in (("nf4", "rtn"), ("dq", "rtn+dq"), ("fp4", "rtn+fp4"))}
+  head = ("| method | eval loss (nats/byte) | perplexity | ppl increase vs bf16 | gap / RTN gap (same format) | "
           "layer error / RTN (mean) | quantize time (s) | peak RSS (MB) |")
   lines = [head, "|" + "---|" * 8]
   for r in rows:
     inc = r["perplexity"] / base["perplexity"] - 1
+    fmt = "fp4" if "fp4" in r["method"] else "dq" if "dq" in r["method"] else "nf4"
+    rtn = rtn_of[fmt]
     gap = "" if rtn is None or r["method"] == "bf16" else \
         f"{inc / (rtn['perplexity'] / base['perplexity'] - 1):.2f}x"
     ratio = "" if r["mean_layer_error_ratio"] is None else f"{r['mean_layer_error_ratio']:.3f}"
@@ -152,8 +157,15 @@ def main(argv=None) -> int:
   info = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               device=jax.devices()[0].device_kind, jax=jax.__version__, python=platform.python_version(),
               preset=PRESET, argv=sys.argv[1:], rows=rows)
-  (out / "results.json").write_text(json.dumps(info, indent=1))
-  print(table(rows))
+  path = out / "results.json"
+  if path.exists():  # a later run with other methods adds its rows (same bf16 model and data)
+    earlier = json.loads(path.read_text())
+    rows = [r for r in earlier["rows"] if r["method"] not in methods] + rows
+    info["rows"] = rows
+    info["earlier_runs"] = earlier.get("earlier_runs", []) + [{k: earlier[k] for k in ("date", "argv")}]
+  path.write_text(json.dumps(info, indent=1))
+  order = {m: i for i, m in enumerate(METHODS)}
+  print(table(sorted(rows, key=lambda r: order[r["method"]])))
   return 0
 
 
