@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "examples"))
 
-METHODS = ("bf16", "rtn", "clip", "hqq", "gptq", "gptq+refit", "rtn+dq", "gptq+dq", "rtn+fp4", "gptq+fp4",
+METHODS = ("bf16", "rtn", "clip", "hqq", "gptq", "gptq+refit", "gptq+clip", "rtn+dq", "gptq+dq", "rtn+fp4", "gptq+fp4",
            "hqq+fp4", "clip+fp4")
 PRESET = dict(hidden_size=192, intermediate_size=512, layers=4, heads=6, kv_heads=3, seq_len=128, batch_size=16)
 
@@ -86,6 +86,7 @@ def run_one(out: Path, spec: str) -> dict:
     batches = [calib[i:i + 16] for i in range(0, calib.shape[0], 16)]
     model, report = decoder.quantize_pretrained(
         model, calibration=batches, method=method, compress_statistics="dq" in mods, refit="refit" in mods,
+        clip_search="clip" in mods,
         quant_type="fp4" if "fp4" in mods else "nf4")
   seconds = time.perf_counter() - t0
   if method != "bf16":

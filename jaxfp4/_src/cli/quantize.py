@@ -45,6 +45,8 @@ def add_parser(sub) -> None:
   g.add_argument("--no-act-order", action="store_true", help="GPTQ: columns in their stored order")
   g.add_argument("--lazy-block", type=int, default=128, help="GPTQ: columns per lazy update (default: %(default)s)")
   g.add_argument("--refit", action="store_true", help="GPTQ: re-fit each block's absmax after rounding")
+  g.add_argument("--clip-search", action="store_true",
+                 help="GPTQ: choose each row's absmax clipping by the search of --method clip first")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.set_defaults(run=run, parser=p)
 
@@ -65,6 +67,8 @@ def _validate(args: argparse.Namespace):
     parser.error(f"--method {args.method} needs --calibration FILE (token ids or text)")
   if args.method == "rtn" and args.calibration is not None:
     parser.error("--calibration is not used by --method rtn; choose gptq, clip or hqq")
+  if args.method != "gptq" and (args.refit or args.clip_search or args.no_act_order):
+    parser.error("--refit, --clip-search and --no-act-order are GPTQ options; add --method gptq")
   if args.method != "rtn" and args.dtype != "auto":
     parser.error(f"--dtype applies to --method rtn only (got --method {args.method})")
   in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
@@ -104,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
       args.in_dir, args.out_dir, calibration=ids, method=args.method, quant_type=args.quant_type,
       blocksize=args.blocksize, compress_statistics=args.double_quant, percdamp=args.percdamp,
       act_order=not args.no_act_order, lazy_block=args.lazy_block, refit=args.refit,
+      clip_search=args.clip_search,
       skip=tuple(args.skip) if args.skip is not None else ("lm_head",), compute_dtype=args.compute_dtype,
       progress=not args.no_progress)
   print(report)

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxfp4._src.calibration.clipping import quantize_rows_clipped, search_clip
+from jaxfp4._src.calibration.clipping import quantize_rows_clipped, row_clip_to_blocks, search_clip
+from jaxfp4._src import formats
 from jaxfp4._src.flax.nnx_dense import Dense4bit
 from jaxfp4._src.flax.quantize_model import _matcher, _replace, linear_layers
 from jaxfp4._src.gptq import quantize_4bit_gptq
@@ -166,6 +167,10 @@ def _quantize_weight(w, h, method, opts, gptq_opts, hqq_opts):
   if method == "clip":
     clip = search_clip(w, h, **opts)
     return quantize_rows_clipped(w, clip, **opts)
+  gptq_opts = dict(gptq_opts)
+  if gptq_opts.pop("clip_search"):  # the absmax chosen first by the clipping search, then GPTQ
+    rows = search_clip(w, h, **opts)
+    gptq_opts["clip"] = row_clip_to_blocks(rows, tuple(w.shape), opts["blocksize"])
   return quantize_4bit_gptq(w, h, **opts, **gptq_opts)
 
 
@@ -202,6 +207,7 @@ def quantize_pretrained(
     act_order: bool = True,
     lazy_block: int = 128,
     refit: bool = False,
+    clip_search: bool = False,
     hqq_p: float = 0.7,
     skip: Sequence[str] = ("lm_head",),
     progress: bool = False,
@@ -221,6 +227,8 @@ def quantize_pretrained(
     quant_type, blocksize, compress_statistics: the bitsandbytes format.
     percdamp, act_order, lazy_block, refit: GPTQ options
       (:func:`jaxfp4.quantize_4bit_gptq`).
+    clip_search: GPTQ: choose each row's absmax clipping ratio by the search of
+      ``method="clip"`` before the column loop (else plain absmax).
     hqq_p: the HQQ norm's exponent.
     skip: module names or globs kept in high precision (``lm_head`` is outside
       the decoder layers and always stays dense).
@@ -239,6 +247,7 @@ def quantize_pretrained(
     raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
   if quant_type not in ("nf4", "fp4"):
     raise ValueError(f"`quant_type` must be 'nf4' or 'fp4' (the bitsandbytes formats), got {quant_type!r}.")
+  blocksize = formats.resolve_blocksize(formats.get_format(quant_type), blocksize)
   batches = _check_batches(calibration)
   if method in NEEDS_CALIBRATION and not batches:
     raise ValueError(f"`calibration` token ids are required for method={method!r} (it uses H = sum x^T x).")
@@ -254,7 +263,10 @@ def quantize_pretrained(
     raise ValueError(f"`model_or_dir` must be a DecoderForCausalLM or a model directory, got "
                      f"{type(model_or_dir).__name__}.")
   opts = dict(quant_type=quant_type, blocksize=blocksize, compress_statistics=compress_statistics)
-  gptq_opts = dict(percdamp=float(percdamp), act_order=act_order, lazy_block=lazy_block, refit=refit)
+  if clip_search not in (True, False):
+    raise ValueError(f"`clip_search` must be True or False, got {clip_search!r}.")
+  gptq_opts = dict(percdamp=float(percdamp), act_order=act_order, lazy_block=lazy_block, refit=refit,
+                   clip_search=clip_search)
   hqq_opts = dict(p=hqq_p)
   from tqdm.auto import tqdm
 
