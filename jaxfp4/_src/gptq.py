@@ -66,18 +66,23 @@ def check_weight(w, quant_type, blocksize) -> tuple[jax.Array, int]:
 
 def block_absmax(w: jax.Array, blocksize: int, clip=None) -> jax.Array:
   """float32 max |w| per bitsandbytes block of the flattened ``w``, times ``clip`` (scalar or [blocks])."""
+  nb = -(-math.prod(w.shape) // blocksize)
+  if clip is not None:
+    clip = jnp.asarray(clip, jnp.float32)
+    if clip.ndim not in (0, 1) or (clip.ndim == 1 and clip.shape[0] != nb):
+      raise ValueError(f"`clip` must be a scalar or an array [{nb}] (one ratio per block), got shape {clip.shape}.")
+    if not bool(jnp.all((clip > 0) & (clip <= 1))):
+      raise ValueError("`clip` ratios must be in (0, 1].")
+  amax = _amax(w, blocksize=blocksize)
+  return amax if clip is None else amax * clip
+
+
+@functools.partial(jax.jit, static_argnames=("blocksize",))
+def _amax(w, *, blocksize):
   n = math.prod(w.shape)
   nb = -(-n // blocksize)
   flat = jnp.pad(w.reshape(-1).astype(jnp.float32), (0, nb * blocksize - n)).reshape(nb, blocksize)
-  amax = codec.block_amax([flat], "propagate")
-  if clip is None:
-    return amax
-  clip = jnp.asarray(clip, jnp.float32)
-  if clip.ndim not in (0, 1) or (clip.ndim == 1 and clip.shape[0] != nb):
-    raise ValueError(f"`clip` must be a scalar or an array [{nb}] (one ratio per block), got shape {clip.shape}.")
-  if not bool(jnp.all((clip > 0) & (clip <= 1))):
-    raise ValueError("`clip` ratios must be in (0, 1].")
-  return amax * clip
+  return codec.block_amax([flat], "propagate")
 
 
 def decoded_absmax(absmax: jax.Array, compress_statistics: bool):
@@ -206,7 +211,6 @@ def make_state(w, stored, offset, absmax2, *, quant_type, blocksize) -> QuantSta
                     state2=None if absmax2 is None else NestedState(absmax=absmax2))
 
 
-@functools.partial(jax.jit, static_argnames=("blocksize",))
 def refit_absmax(w, targets_nib_values, absmax, h, *, blocksize) -> jax.Array:
   """The per-block scales that minimize each row's output error with the nibbles fixed.
 
@@ -310,24 +314,18 @@ def quantize_4bit_gptq(
     raise ValueError(f"`refit=True` needs `blocksize` ({bs}) to divide the in features ({k}).")
   storage = packing.storage_dtype(quant_storage)
   absmax = block_absmax(w, bs, clip)
-  targets, absmax_eff, stored, offset, absmax2, ok = _gptq_arrays(
-      w, h, absmax, quant_type=quant_type, blocksize=bs, percdamp=float(percdamp), act_order=act_order,
-      lazy_block=min(lazy_block, k), compress_statistics=compress_statistics)
+  absmax_eff, stored, offset, absmax2 = _decoded_absmax(absmax, compress_statistics=compress_statistics)
+  # The order is an array argument, not a static option: act_order on or off runs one compiled program.
+  perm = jnp.argsort(-jnp.diagonal(h), stable=True) if act_order else jnp.arange(k)
+  targets, ok = _gptq_arrays(w, h, absmax_eff, perm, jnp.float32(percdamp), quant_type=quant_type,
+                             blocksize=bs, lazy_block=min(lazy_block, k))
   if not bool(ok):
     raise ValueError(f"`h` is not positive semidefinite: the Cholesky factorization of H + {percdamp:g} * "
                      "mean(diag H) * I failed (a Gram matrix sum x^T x never fails; raise `percdamp` if H "
                      "is one with rounding errors).")
   if refit:
-    c = codec.codec_for(quant_type)
-    lut = jnp.asarray(formats.get_format(quant_type).decode_lut, jnp.float32)
-    amap = element_map(absmax_eff, (out, k), bs)
-    nib, _ = encode_decode(targets, c.scale(amap, codec.default_reciprocal)[1], amap, c, lut)
-    unit = jnp.where(amap > 0, jnp.take(lut, nib), 0.0)
-    absmax = refit_absmax(w, unit, absmax_eff, h, blocksize=bs)
-    # Re-encode the same nibbles: the value lut[n] * s_new of each is what the targets now mean.
-    new_map = element_map(absmax, (out, k), bs)
-    targets = unit * new_map
-    absmax_eff, stored, offset, absmax2 = decoded_absmax(absmax, compress_statistics)
+    absmax, targets = _refit(w, targets, absmax_eff, h, quant_type=quant_type, blocksize=bs)
+    absmax_eff, stored, offset, absmax2 = _decoded_absmax(absmax, compress_statistics=compress_statistics)
   packed = _pack(targets, absmax_eff, quant_type=quant_type, blocksize=bs)
   state = make_state(w, stored, offset, absmax2, quant_type=quant_type, blocksize=bs)
   return packing.to_storage(packed, storage), state
@@ -336,22 +334,33 @@ def quantize_4bit_gptq(
 _pack = jax.jit(pack_targets, static_argnames=("quant_type", "blocksize"))
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "quant_type", "blocksize", "percdamp", "act_order", "lazy_block", "compress_statistics"))
-def _gptq_arrays(w, h, absmax, *, quant_type, blocksize, percdamp, act_order, lazy_block, compress_statistics):
-  """The array part of :func:`quantize_4bit_gptq` (one compiled program per shape and options).
+_decoded_absmax = jax.jit(decoded_absmax, static_argnames=("compress_statistics",))
 
-  Returns ``(targets, absmax the decoder uses, stored absmax, offset, nested absmax, cholesky ok)``.
+
+@functools.partial(jax.jit, static_argnames=("quant_type", "blocksize"))
+def _refit(w, targets, absmax_eff, h, *, quant_type, blocksize):
+  """Nibbles of ``targets`` kept, absmax re-fitted: ``(new absmax, targets that encode to the same nibbles)``."""
+  out, k = w.shape
+  c = codec.codec_for(quant_type)
+  lut = jnp.asarray(formats.get_format(quant_type).decode_lut, jnp.float32)
+  amap = element_map(absmax_eff, (out, k), blocksize)
+  nib, _ = encode_decode(targets, c.scale(amap, codec.default_reciprocal)[1], amap, c, lut)
+  unit = jnp.where(amap > 0, jnp.take(lut, nib), 0.0)
+  absmax = refit_absmax(w, unit, absmax_eff, h, blocksize=blocksize)
+  # lut[n] * s_new encodes back to n against the new absmax s_new: the same nibbles, new scales.
+  return absmax, unit * element_map(absmax, (out, k), blocksize)
+
+
+@functools.partial(jax.jit, static_argnames=("quant_type", "blocksize", "lazy_block"))
+def _gptq_arrays(w, h, absmax_eff, perm, percdamp, *, quant_type, blocksize, lazy_block):
+  """The column loop of :func:`quantize_4bit_gptq` in processing order ``perm``, undone at the end.
+
+  Returns ``(targets [out, in] in the original column order, whether the Cholesky factorization succeeded)``.
   """
   out, k = w.shape
-  absmax_eff, stored, offset, absmax2 = decoded_absmax(absmax, compress_statistics)
-  amap = element_map(absmax_eff, (out, k), blocksize)
-  w32 = w.astype(jnp.float32)
-  perm = None
-  if act_order:
-    perm = jnp.argsort(-jnp.diagonal(h), stable=True)
-    w32, amap, h = w32[:, perm], amap[:, perm], h[perm][:, perm]
-  u = inverse_cholesky(h, percdamp)
+  amap = element_map(absmax_eff, (out, k), blocksize)[:, perm]
+  w32 = w.astype(jnp.float32)[:, perm]
+  u = inverse_cholesky(h[perm][:, perm], percdamp)
   ok = jnp.all(jnp.isfinite(u))
   lb = lazy_block
   pad = -k % lb
@@ -360,6 +369,4 @@ def _gptq_arrays(w, h, absmax, *, quant_type, blocksize, percdamp, act_order, la
     amap = jnp.pad(amap, ((0, 0), (0, pad)), constant_values=1.0)
     u = jnp.pad(u, ((0, pad), (0, pad))).at[k:, k:].set(jnp.eye(pad))
   targets = gptq_columns(w32, u, amap, quant_type=quant_type, lazy_block=lb)[:, :k]
-  if perm is not None:
-    targets = targets[:, jnp.argsort(perm)]
-  return targets, absmax_eff, stored, offset, absmax2, ok
+  return targets[:, jnp.argsort(perm)], ok

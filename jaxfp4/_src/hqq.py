@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jaxfp4._src import codec
 from jaxfp4._src import formats
 from jaxfp4._src import packing
-from jaxfp4._src.gptq import _pack, check_weight, decoded_absmax, make_state
+from jaxfp4._src.gptq import _decoded_absmax, _pack, check_weight, make_state
 from jaxfp4._src.state import QuantState
 
 
@@ -35,6 +35,9 @@ def _blocks(w: jax.Array, blocksize: int) -> jax.Array:
   n = math.prod(w.shape)
   nb = -(-n // blocksize)
   return jnp.pad(w.reshape(-1).astype(jnp.float32), (0, nb * blocksize - n)).reshape(nb, blocksize)
+
+
+_blocks_jit = jax.jit(_blocks, static_argnames=("blocksize",))
 
 
 def shrink_lp(x: jax.Array, beta: jax.Array, p: float) -> jax.Array:
@@ -129,9 +132,9 @@ def quantize_4bit_hqq(
   if compress_statistics not in (True, False):
     raise ValueError(f"`compress_statistics` must be True or False, got {compress_statistics!r}.")
   storage = packing.storage_dtype(quant_storage)
-  blocks = _blocks(w, bs)
+  blocks = _blocks_jit(w, blocksize=bs)
   scale = fit_scales(blocks, quant_type=quant_type, p=float(p), iters=iters, beta0=float(beta), kappa=float(kappa))
-  absmax_eff, stored, offset, absmax2 = decoded_absmax(scale, compress_statistics)
+  absmax_eff, stored, offset, absmax2 = _decoded_absmax(scale, compress_statistics=compress_statistics)
   packed = _pack(w, absmax_eff, quant_type=quant_type, blocksize=bs)
   state = make_state(w, stored, offset, absmax2, quant_type=quant_type, blocksize=bs)
   return packing.to_storage(packed, storage), state
