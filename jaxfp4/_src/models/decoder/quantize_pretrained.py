@@ -236,7 +236,9 @@ def quantize_pretrained(
 
   Returns:
     ``(model, report)``; ``jaxfp4.models.decoder.save_pretrained(model, dir)``
-    writes the bitsandbytes checkpoint.
+    writes the bitsandbytes checkpoint (its ``bnb_4bit_compute_dtype`` is the
+    model's compute dtype: float32 for a model loaded here from a directory;
+    ``jaxfp4 quantize`` records ``--compute-dtype`` instead).
 
   Example:
     >>> model, report = quantize_pretrained("Llama-3.2-1B", calibration=ids, method="gptq")  # doctest: +SKIP
