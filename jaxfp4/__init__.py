@@ -4,6 +4,8 @@ Please use the names re-exported here; ``jaxfp4._src`` is not public API.
 """
 
 from jaxfp4._src.formats import QUANT_TYPES as QUANT_TYPES
+from jaxfp4._src.gptq import quantize_4bit_gptq as quantize_4bit_gptq
+from jaxfp4._src.hqq import quantize_4bit_hqq as quantize_4bit_hqq
 from jaxfp4._src.matmul import matmul_4bit as matmul_4bit
 from jaxfp4._src.matmul_group import matmul_4bit_group as matmul_4bit_group
 from jaxfp4._src.outlier_columns import OutlierColumns as OutlierColumns
@@ -34,6 +36,7 @@ _LAZY = {
     "PlanEntry": ("jaxfp4._src.calibration.plan", "PlanEntry"),
     "PrecisionPlan": ("jaxfp4._src.calibration.plan", "PrecisionPlan"),
     "plan_precision": ("jaxfp4._src.calibration.plan", "plan_precision"),
+    "quantize_pretrained": ("jaxfp4._src.models.decoder.quantize_pretrained", "quantize_pretrained"),
     "CalibrationReport": ("jaxfp4._src.calibration.report", "CalibrationReport"),
     "CandidateResult": ("jaxfp4._src.calibration.report", "CandidateResult"),
     "LayerCalibration": ("jaxfp4._src.calibration.report", "LayerCalibration"),
@@ -78,9 +81,12 @@ __all__ = (
     "plan_precision",
     "quantize_4bit",
     "quantize_4bit_clipped",
+    "quantize_4bit_gptq",
+    "quantize_4bit_hqq",
     "quantize_4bit_with_outliers",
     "quantize_fp4",
     "quantize_nf4",
+    "quantize_pretrained",
     "search_clip",
     "select_outlier_columns",
     "unpack_nibbles",

@@ -23,7 +23,10 @@ from jaxfp4._src.models.decoder.loader import save_pretrained as save_pretrained
 from jaxfp4._src.models.decoder.model import DecoderForCausalLM as DecoderForCausalLM
 from jaxfp4._src.models.decoder.model import KVCache as KVCache
 from jaxfp4._src.models.decoder.model import init_cache as init_cache
+from jaxfp4._src.models.decoder.quantize_pretrained import METHODS as QUANTIZE_METHODS
+from jaxfp4._src.models.decoder.quantize_pretrained import QuantizePretrainedReport as QuantizePretrainedReport
+from jaxfp4._src.models.decoder.quantize_pretrained import quantize_pretrained as quantize_pretrained
 
-__all__ = ("DecoderConfig", "DecoderForCausalLM", "FAMILIES", "GenerateFns", "KVCache", "REFUSED",
-           "from_pretrained", "generate", "init_cache", "make_generate_fns", "sample_logits",
+__all__ = ("DecoderConfig", "DecoderForCausalLM", "FAMILIES", "GenerateFns", "KVCache", "QUANTIZE_METHODS", "QuantizePretrainedReport", "REFUSED",
+           "from_pretrained", "generate", "init_cache", "make_generate_fns", "quantize_pretrained", "sample_logits",
            "save_pretrained")
