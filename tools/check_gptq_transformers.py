@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 
-def check_weights(path: Path) -> tuple[int, list[str]]:
+def check_weights(path: Path, device: str) -> tuple[int, list[str]]:
   """Dequantizes every bitsandbytes group with bitsandbytes and jaxfp4; returns (count, mismatching names)."""
   import bitsandbytes.functional as bf
   import jax.numpy as jnp
@@ -42,21 +42,21 @@ def check_weights(path: Path) -> tuple[int, list[str]]:
     for name in names:
       packed, state = ckpt.get_4bit(name)
       ours = np.asarray(jaxfp4.dequantize_4bit(jnp.asarray(packed), state).astype(jnp.float32))
-      group = {k[len(name) + 1:]: torch.from_numpy(np.asarray(v)).cuda() for k, v in
+      group = {k[len(name) + 1:]: torch.from_numpy(np.asarray(v)).to(device) for k, v in
                ((k, ckpt.get(k)) for k in ckpt.keys() if k.startswith(name + ".") and k != name)}
-      qs = BnbState.from_dict(group, device=torch.device("cuda"))
-      theirs = bf.dequantize_4bit(torch.from_numpy(np.asarray(packed)).cuda(), qs).float().cpu().numpy()
+      qs = BnbState.from_dict(group, device=torch.device(device))
+      theirs = bf.dequantize_4bit(torch.from_numpy(np.asarray(packed)).to(device), qs).float().cpu().numpy()
       if ours.shape != theirs.shape or not np.array_equal(ours, theirs):
         bad.append(name)
   return len(names), bad
 
 
-def logits_transformers(path: Path, ids: np.ndarray) -> np.ndarray:
+def logits_transformers(path: Path, ids: np.ndarray, device: str) -> np.ndarray:
   import torch
   from transformers import AutoModelForCausalLM
-  m = AutoModelForCausalLM.from_pretrained(path, device_map="cuda").eval()
+  m = AutoModelForCausalLM.from_pretrained(path, device_map=device).eval()
   with torch.no_grad():
-    return m(input_ids=torch.from_numpy(ids.astype(np.int64)).cuda()).logits.float().cpu().numpy()
+    return m(input_ids=torch.from_numpy(ids.astype(np.int64)).to(device)).logits.float().cpu().numpy()
 
 
 def logits_jaxfp4(path: Path, ids: np.ndarray) -> np.ndarray:
@@ -69,6 +69,8 @@ def logits_jaxfp4(path: Path, ids: np.ndarray) -> np.ndarray:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("dirs", nargs="+", type=Path, help="checkpoint directories written by jaxfp4")
+  p.add_argument("--device", default="cuda",
+                 help="torch device for bitsandbytes and transformers (cuda, or cpu: bitsandbytes' CPU backend)")
   p.add_argument("--seq-len", type=int, default=32)
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--rtol", type=float, default=0.05, help="max |diff| / max |logit| allowed (default 0.05: bf16 compute)")
@@ -84,11 +86,11 @@ def main(argv=None) -> int:
       failed += 1
       continue
     ids = np.random.default_rng(0).integers(0, cfg["vocab_size"], (args.batch, args.seq_len))
-    n, bad = check_weights(d)
+    n, bad = check_weights(d, args.device)
     ok_w = not bad
     print(f"{'ok  ' if ok_w else 'FAIL'} {d}: {n - len(bad)}/{n} 4-bit weights dequantize bit-identically in "
           f"bitsandbytes and jaxfp4{'' if ok_w else ' (differ: ' + ', '.join(bad[:4]) + ')'}")
-    theirs = logits_transformers(d, ids)
+    theirs = logits_transformers(d, ids, args.device)
     ours = logits_jaxfp4(d, ids)
     rel = float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-30))
     agree = float(np.mean(ours.argmax(-1) == theirs.argmax(-1)))
