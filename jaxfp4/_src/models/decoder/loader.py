@@ -23,10 +23,12 @@ from jax.sharding import Mesh
 
 from jaxfp4._src.flax.nnx_dense import Dense4bit
 from jaxfp4._src.flax.quantize_model import _matcher
-from jaxfp4._src.io import checkpoint, hf_layout, hub, shards
+from jaxfp4._src.flax import hf_layout
+from jaxfp4._src.io import checkpoint, hub, shards
 from jaxfp4._src.models.decoder.config import DecoderConfig
 from jaxfp4._src.models.decoder.model import DecoderForCausalLM
 from jaxfp4._src.quantize import quantize_4bit
+from jaxfp4._src.progress import bar as progress_bar
 from jaxfp4._src.sharding import plan as sharding_plan
 from jaxfp4._src.sharding.plan import ShardingPlan
 
@@ -45,7 +47,7 @@ def from_pretrained(
     skip: Sequence[str] = ("lm_head",),
     implementation: str | None = None,
     remat: bool = False,
-    progress: bool = True,
+    progress: bool = False,
     mesh: Mesh | None = None,
     plan: ShardingPlan | None = None,
     model_class: type[DecoderForCausalLM] = DecoderForCausalLM,
@@ -155,7 +157,7 @@ def save_pretrained(
     *,
     max_shard_size: int | str | None = "5GB",
     base_model: str | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> Path:
   """Writes ``model`` as a Hugging Face directory that transformers (+ bitsandbytes) loads.
 
@@ -217,7 +219,6 @@ def save_pretrained(
 
 
 def _progress(items, enabled: bool):
-  from tqdm.auto import tqdm
-  return tqdm(items, desc="save", unit="tensor", disable=not enabled)
+  return progress_bar(items, enabled=enabled, desc="save", unit="tensor")
 
 
