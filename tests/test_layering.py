@@ -166,6 +166,12 @@ def test_internal_imports_have_no_cycle():
   assert not new, new
 
 
+def test_architecture_doc_names_every_layer():
+  table = (ROOT / "docs" / "architecture.md").read_text()
+  for layer in LAYERS:
+    assert f"\n| {layer} |" in table, layer
+
+
 def test_every_module_has_a_layer():
   for name in MODULES:
     assert layer_of(name) in LAYERS, name
