@@ -75,6 +75,40 @@ def test_rewriting_a_checkpoint_reproduces_its_bytes(tmp_path):
   assert out.stat().st_size == src.stat().st_size
 
 
+@pytest.mark.parametrize("as_mapping", [True, False])
+def test_both_write_paths_reproduce_the_file_transformers_wrote(tmp_path, as_mapping):
+  # A mapping is written in one pass; a stream goes through a scratch sibling.
+  src = TINY / "nf4_dq" / "model.safetensors"
+  with jaxfp4.io.SafetensorsFile(src) as f:
+    tensors = {k: f.get(k) for k in f.keys()} if as_mapping else ((k, f.get(k)) for k in f.keys())
+    out = jaxfp4.io.write_safetensors(tmp_path / "m.safetensors", tensors, metadata=f.metadata)
+  assert out.read_bytes() == src.read_bytes()
+  assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no scratch file left
+
+
+@pytest.mark.parametrize("as_mapping", [True, False])
+def test_written_file_has_the_umask_mode(tmp_path, as_mapping):
+  # Not the 0o600 of the temporary file it was written as.
+  import os
+  a = np.arange(3, dtype=np.int32)
+  out = jaxfp4.io.write_safetensors(tmp_path / "b.safetensors", {"b": a} if as_mapping else [("b", a)])
+  assert out.read_bytes()[-12:] == a.astype("<i4").tobytes()
+  mask = os.umask(0)
+  os.umask(mask)
+  assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_failed_stream_write_leaves_nothing(tmp_path):
+  def tensors():
+    yield "a", np.zeros(4, np.float32)
+    raise RuntimeError("producer failed")
+  with pytest.raises(RuntimeError, match="producer failed"):
+    jaxfp4.io.write_safetensors(tmp_path / "x.safetensors", tensors())
+  with pytest.raises(ValueError, match="Duplicate tensor name 'a'"):
+    jaxfp4.io.write_safetensors(tmp_path / "y.safetensors", [("a", np.zeros(1)), ("a", np.zeros(1))])
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_never_overwrites(tmp_path):
   target = tmp_path / "x.safetensors"
   target.write_bytes(b"precious")
