@@ -91,7 +91,7 @@ def test_written_file_has_the_umask_mode(tmp_path, as_mapping):
   # Not the 0o600 of the temporary file it was written as.
   import os
   a = np.arange(3, dtype=np.int32)
-  out = jaxfp4.io.write_safetensors(tmp_path / "b.safetensors", {"b": a} if as_mapping else [("b", a)])
+  out = jaxfp4.io.write_safetensors(tmp_path / "b.safetensors", {"b": a} if as_mapping else iter([("b", a)]))
   assert out.read_bytes()[-12:] == a.astype("<i4").tobytes()
   mask = os.umask(0)
   os.umask(mask)
@@ -104,8 +104,10 @@ def test_failed_stream_write_leaves_nothing(tmp_path):
     raise RuntimeError("producer failed")
   with pytest.raises(RuntimeError, match="producer failed"):
     jaxfp4.io.write_safetensors(tmp_path / "x.safetensors", tensors())
-  with pytest.raises(ValueError, match="Duplicate tensor name 'a'"):
-    jaxfp4.io.write_safetensors(tmp_path / "y.safetensors", [("a", np.zeros(1)), ("a", np.zeros(1))])
+  twice = [("a", np.zeros(1)), ("a", np.zeros(1))]
+  for tensors in (twice, iter(twice)):  # all at hand, and a stream
+    with pytest.raises(ValueError, match="Duplicate tensor name 'a'"):
+      jaxfp4.io.write_safetensors(tmp_path / "y.safetensors", tensors)
   assert list(tmp_path.iterdir()) == []
 
 
@@ -287,3 +289,49 @@ def test_restore_rejects_a_dtype_mismatch(tmp_path):
 
   with pytest.raises(ValueError, match="'head.bias' has dtype float32, the model expects bfloat16"):
     jaxfp4.io.load_model(path, Bf16Head(nnx.Rngs(0)), progress=False)
+
+
+# --- directory writers: refuse, or replace a checkpoint with overwrite=True ------
+
+
+def _fill(d: Path, **files: str) -> Path:
+  d.mkdir(parents=True, exist_ok=True)
+  for name, text in files.items():
+    (d / name).write_text(text)
+  return d
+
+
+def test_directory_atomic_overwrite_replaces_a_checkpoint_whole(tmp_path):
+  from jaxfp4._src.io.files import directory_atomic, refuse_nonempty_dir
+  out = _fill(tmp_path / "ckpt", **{"config.json": "old", "stale": "x"})
+  with pytest.raises(FileExistsError, match="overwrite=True"):
+    refuse_nonempty_dir(out)
+  refuse_nonempty_dir(out, overwrite=True, marker="config.json")
+  with directory_atomic(out, overwrite=True) as tmp:
+    (tmp / "config.json").write_text("new")
+  assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+  assert (out / "config.json").read_text() == "new"
+  assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no partial or old directory left
+
+
+def test_directory_atomic_overwrite_failing_keeps_the_old_directory(tmp_path):
+  from jaxfp4._src.io.files import directory_atomic
+  out = _fill(tmp_path / "ckpt", **{"config.json": "old"})
+  with pytest.raises(RuntimeError, match="mid-save"):
+    with directory_atomic(out, overwrite=True) as tmp:
+      (tmp / "config.json").write_text("new")
+      raise RuntimeError("mid-save")
+  assert (out / "config.json").read_text() == "old"
+  assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+@pytest.mark.parametrize("make", ["no_marker", "file"])
+def test_overwrite_refuses_what_the_writer_did_not_make(tmp_path, make):
+  from jaxfp4._src.io.files import refuse_nonempty_dir
+  if make == "file":
+    target = tmp_path / "ckpt"
+    target.write_text("a file")
+  else:
+    target = _fill(tmp_path / "ckpt", **{"notes.txt": "mine"})
+  with pytest.raises(FileExistsError, match="no config.json"):
+    refuse_nonempty_dir(target, overwrite=True, marker="config.json")

@@ -244,17 +244,17 @@ def write_safetensors(
   if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
     raise ValueError("`metadata` must map str to str.")
   path.parent.mkdir(parents=True, exist_ok=True)
-  if isinstance(tensors, Mapping):
+  if isinstance(tensors, (Mapping, list, tuple)):
     # Every array is at hand, so the header comes first and the bytes go
     # straight into the temporary sibling: one write of each byte.
-    arrays = list(_arrays(tensors.items()))
+    arrays = list(_arrays(tensors.items() if isinstance(tensors, Mapping) else tensors))
     header = _header(arrays)
     with _new_sibling(path) as out:
       _write_header(out, header, meta)
       for _, a in arrays:
         out.write(_le_bytes(a).data)
     return path
-  # A stream: the header (which holds every offset) is known only at its end,
+  # A stream (a generator): the header, which holds every offset, is known only at its end,
   # so the bytes go to a second sibling first and are appended after the header
   # by the kernel (copy_file_range), never held in memory all at once.
   header = {}
@@ -284,6 +284,8 @@ def _header(arrays: list[tuple[str, np.ndarray]]) -> dict[str, dict]:
   header: dict[str, dict] = {}
   offset = 0
   for name, a in arrays:
+    if name in header:
+      raise ValueError(f"Duplicate tensor name {name!r}.")
     header[name] = _entry(name, a, offset)
     offset += a.nbytes
   return header
