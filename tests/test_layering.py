@@ -230,6 +230,13 @@ for module, name in ((jaxfp4, "calibrate"), (jaxfp4.io, "load_model"),
         assert 'pip install "jaxfp4[flax]"' in str(e), e
     else:
         raise AssertionError(f"{name} imported although Flax is blocked")
+for module in ("jaxfp4.nnx", "jaxfp4.linen", "jaxfp4.models.llama"):
+    try:
+        __import__(module)
+    except ImportError as e:
+        assert 'pip install "jaxfp4[flax]"' in str(e), e
+    else:
+        raise AssertionError(f"{module} imported although Flax is blocked")
 from jaxfp4._src.cli.main import main
 assert main(["demo", "--size", "8", "--quant-types", "nf4", "--figure-types", "nf4",
              "--output", os.path.join(tempfile.mkdtemp(), "f.png")]) == 0
