@@ -221,7 +221,8 @@ assert jaxfp4.dequantize_4bit(packed, state).shape == (8, 64)
 assert jaxfp4.matmul_4bit(jnp.ones((2, 64)), packed, state).shape == (2, 8)
 path = os.path.join(tempfile.mkdtemp(), "t.safetensors")
 jaxfp4.io.write_safetensors(path, {"w": np.arange(6, dtype=np.float32)})
-assert jaxfp4.io.SafetensorsFile(path).get("w").tolist() == list(range(6))
+with jaxfp4.io.SafetensorsFile(path) as f:
+    assert f.get("w").tolist() == list(range(6))
 for module, name in ((jaxfp4, "calibrate"), (jaxfp4.io, "load_model"),
                      (jaxfp4.sharding, "shard_model")):
     try:

@@ -235,7 +235,8 @@ def write_safetensors(
     >>> from jaxfp4.io import SafetensorsFile, write_safetensors
     >>> path = write_safetensors(os.path.join(tempfile.mkdtemp(), "t.safetensors"),
     ...                          {"w": np.arange(4, dtype=np.float32)})
-    >>> SafetensorsFile(path).get("w").tolist()
+    >>> with SafetensorsFile(path) as f:
+    ...   f.get("w").tolist()
     [0.0, 1.0, 2.0, 3.0]
   """
   path = Path(path)
