@@ -18,7 +18,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxfp4._src import outlier_columns as outliers_lib
 from jaxfp4._src import product as product_lib
@@ -30,6 +29,7 @@ from jaxfp4._src.state import QuantState
 # Re-exported: matmul_group and the benchmarks name them through this module.
 IMPLEMENTATIONS = product_lib.IMPLEMENTATIONS
 ACTIVATION_DTYPES = product_lib.ACTIVATION_DTYPES
+
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _matmul(x, bias, data, state, implementation):

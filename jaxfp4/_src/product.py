@@ -102,6 +102,7 @@ def decoded_weight(data, state: QuantState, dtype, use_kernel: bool) -> jax.Arra
 
 
 def product(x, data, state, bias, implementation, transpose: bool):
+  """``x @ W.T + bias`` (``transpose``: ``x @ W``) for 2-D ``x`` on the route :func:`route` picks."""
   route_ = route(x.shape[0], state, x.dtype, implementation, transpose)
   if route_ in ("gemv", "mma"):
     w, fmt = kernel_weight(data, state)
@@ -121,6 +122,7 @@ def product(x, data, state, bias, implementation, transpose: bool):
 
 
 def zero_cotangent(a):
+  """The zero cotangent of a frozen input (float0 for integer arrays such as the packed bytes)."""
   if jnp.issubdtype(a.dtype, jnp.inexact):
     return jnp.zeros_like(a)
   return np.zeros(a.shape, jax.dtypes.float0)
