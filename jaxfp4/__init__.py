@@ -46,9 +46,9 @@ _LAZY = {
 def __getattr__(name: str):
   if name not in _LAZY:
     raise AttributeError(f"module 'jaxfp4' has no attribute {name!r}")
-  import importlib
+  from jaxfp4._src.extras import import_optional
   module_name, attr = _LAZY[name]
-  module = importlib.import_module(module_name)
+  module = import_optional(module_name, feature=f"jaxfp4.{name}")
   value = module if attr is None else getattr(module, attr)
   globals()[name] = value
   return value

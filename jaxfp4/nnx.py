@@ -9,6 +9,10 @@ the 4-bit weights; ``save_adapters``/``load_adapters`` move adapters to and
 from PEFT's format.
 """
 
+from jaxfp4._src.extras import require as _require
+
+_require("flax", feature="jaxfp4.nnx")  # a clear error naming the [flax] extra
+
 from jaxfp4._src.calibration.calibrate import calibrate as calibrate
 from jaxfp4._src.flax.fp4_dense import FP4Dense as FP4Dense
 from jaxfp4._src.flax.fp4_dense import convert_to_fp4 as convert_to_fp4

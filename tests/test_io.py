@@ -75,6 +75,42 @@ def test_rewriting_a_checkpoint_reproduces_its_bytes(tmp_path):
   assert out.stat().st_size == src.stat().st_size
 
 
+@pytest.mark.parametrize("as_mapping", [True, False])
+def test_both_write_paths_reproduce_the_file_transformers_wrote(tmp_path, as_mapping):
+  # A mapping is written in one pass; a stream goes through a scratch sibling.
+  src = TINY / "nf4_dq" / "model.safetensors"
+  with jaxfp4.io.SafetensorsFile(src) as f:
+    tensors = {k: f.get(k) for k in f.keys()} if as_mapping else ((k, f.get(k)) for k in f.keys())
+    out = jaxfp4.io.write_safetensors(tmp_path / "m.safetensors", tensors, metadata=f.metadata)
+  assert out.read_bytes() == src.read_bytes()
+  assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no scratch file left
+
+
+@pytest.mark.parametrize("as_mapping", [True, False])
+def test_written_file_has_the_umask_mode(tmp_path, as_mapping):
+  # Not the 0o600 of the temporary file it was written as.
+  import os
+  a = np.arange(3, dtype=np.int32)
+  out = jaxfp4.io.write_safetensors(tmp_path / "b.safetensors", {"b": a} if as_mapping else iter([("b", a)]))
+  assert out.read_bytes()[-12:] == a.astype("<i4").tobytes()
+  mask = os.umask(0)
+  os.umask(mask)
+  assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_failed_stream_write_leaves_nothing(tmp_path):
+  def tensors():
+    yield "a", np.zeros(4, np.float32)
+    raise RuntimeError("producer failed")
+  with pytest.raises(RuntimeError, match="producer failed"):
+    jaxfp4.io.write_safetensors(tmp_path / "x.safetensors", tensors())
+  twice = [("a", np.zeros(1)), ("a", np.zeros(1))]
+  for tensors in (twice, iter(twice)):  # all at hand, and a stream
+    with pytest.raises(ValueError, match="Duplicate tensor name 'a'"):
+      jaxfp4.io.write_safetensors(tmp_path / "y.safetensors", tensors)
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_never_overwrites(tmp_path):
   target = tmp_path / "x.safetensors"
   target.write_bytes(b"precious")
@@ -253,3 +289,49 @@ def test_restore_rejects_a_dtype_mismatch(tmp_path):
 
   with pytest.raises(ValueError, match="'head.bias' has dtype float32, the model expects bfloat16"):
     jaxfp4.io.load_model(path, Bf16Head(nnx.Rngs(0)), progress=False)
+
+
+# --- directory writers: refuse, or replace a checkpoint with overwrite=True ------
+
+
+def _fill(d: Path, **files: str) -> Path:
+  d.mkdir(parents=True, exist_ok=True)
+  for name, text in files.items():
+    (d / name).write_text(text)
+  return d
+
+
+def test_directory_atomic_overwrite_replaces_a_checkpoint_whole(tmp_path):
+  from jaxfp4._src.io.files import directory_atomic, refuse_nonempty_dir
+  out = _fill(tmp_path / "ckpt", **{"config.json": "old", "stale": "x"})
+  with pytest.raises(FileExistsError, match="overwrite=True"):
+    refuse_nonempty_dir(out)
+  refuse_nonempty_dir(out, overwrite=True, marker="config.json")
+  with directory_atomic(out, overwrite=True) as tmp:
+    (tmp / "config.json").write_text("new")
+  assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+  assert (out / "config.json").read_text() == "new"
+  assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no partial or old directory left
+
+
+def test_directory_atomic_overwrite_failing_keeps_the_old_directory(tmp_path):
+  from jaxfp4._src.io.files import directory_atomic
+  out = _fill(tmp_path / "ckpt", **{"config.json": "old"})
+  with pytest.raises(RuntimeError, match="mid-save"):
+    with directory_atomic(out, overwrite=True) as tmp:
+      (tmp / "config.json").write_text("new")
+      raise RuntimeError("mid-save")
+  assert (out / "config.json").read_text() == "old"
+  assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+@pytest.mark.parametrize("make", ["no_marker", "file"])
+def test_overwrite_refuses_what_the_writer_did_not_make(tmp_path, make):
+  from jaxfp4._src.io.files import refuse_nonempty_dir
+  if make == "file":
+    target = tmp_path / "ckpt"
+    target.write_text("a file")
+  else:
+    target = _fill(tmp_path / "ckpt", **{"notes.txt": "mine"})
+  with pytest.raises(FileExistsError, match="no config.json"):
+    refuse_nonempty_dir(target, overwrite=True, marker="config.json")

@@ -96,6 +96,12 @@ def test_save_pretrained_roundtrip(tmp_path, ref):
   np.testing.assert_array_equal(_logits(again, ref["input_ids"]), _logits(model, ref["input_ids"]))
   with pytest.raises(FileExistsError):
     llama.save_pretrained(model, out, progress=False)
+  before = (out / "model.safetensors").read_bytes()
+  (out / "model.safetensors").write_bytes(b"stale")
+  llama.save_pretrained(model, out, progress=False, overwrite=True)
+  assert (out / "model.safetensors").read_bytes() == before
+  with pytest.raises(FileExistsError, match="no config.json"):
+    llama.save_pretrained(model, tmp_path, progress=False, overwrite=True)
 
 
 def test_save_pretrained_needs_merged_adapters(tmp_path, ref):

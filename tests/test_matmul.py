@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jaxfp4
-from jaxfp4._src import matmul as matmul_lib
+from jaxfp4._src import product as product_lib
 from pallas_kernels._src.lut_matmul import api as lut_api
 from pallas_kernels._src.matmul_4bit import config as mcfg
 from tests.conftest import on_gpu
@@ -98,19 +98,19 @@ def test_blocks_straddling_rows_fall_back_or_raise():
 
 def test_route_on_this_backend():
   _, state = _weight(16, 128, "nf4", False)
-  route = matmul_lib._route(1, state, jnp.bfloat16, None, False)
+  route = product_lib.route(1, state, jnp.bfloat16, None, False)
   if on_gpu():  # the recorded crossovers for this device kind decide
     from pallas_kernels._src import common
     assert route == lut_api.choose_kind(1, jnp.bfloat16, common.device_kind())
   else:
     assert route == "xla"
-  assert matmul_lib._route(1, state, jnp.bfloat16, "xla", False) == "xla"
-  assert matmul_lib._route(8192, state, jnp.bfloat16, "pallas", True) == "fused"
+  assert product_lib.route(1, state, jnp.bfloat16, "xla", False) == "xla"
+  assert product_lib.route(8192, state, jnp.bfloat16, "pallas", True) == "fused"
   # implementation="pallas" never makes a 16-bit copy: the register-table kernels
   # for 16-bit activations at any M, the tile-decode kernel for float32 past the GEMV.
-  assert matmul_lib._route(1, state, jnp.float32, "pallas", False) == "gemv"
-  assert matmul_lib._route(4096, state, jnp.bfloat16, "pallas", False) == "mma"
-  assert matmul_lib._route(64, state, jnp.float32, "pallas", False) == "fused"
+  assert product_lib.route(1, state, jnp.float32, "pallas", False) == "gemv"
+  assert product_lib.route(4096, state, jnp.bfloat16, "pallas", False) == "mma"
+  assert product_lib.route(64, state, jnp.float32, "pallas", False) == "fused"
 
 
 def test_register_table_crossovers():

@@ -9,7 +9,7 @@ from flax import nnx
 import jaxfp4
 import jaxfp4.nnx
 import pallas_kernels
-from jaxfp4._src import matmul as matmul_lib
+from jaxfp4._src import product as product_lib
 from jaxfp4._src import matmul_group
 
 
@@ -41,7 +41,7 @@ def test_tensor_core_group_kernel_equals_each_weight():
   # The one-launch tensor-core kernel for a group: each weight's result as its
   # own launch with the same config gives it, across partial row tiles.
   ws = _weights((24, 16, 8), 128, quant_type="fp4")
-  kws = [matmul_lib.kernel_weight(jnp.asarray(p), s) for p, s in ws]
+  kws = [product_lib.kernel_weight(jnp.asarray(p), s) for p, s in ws]
   fmt = kws[0][1]
   cfg = pallas_kernels.LutConfig(kind="mma", block_n=16, chunks=1, split_k=2)
   biases = [jnp.linspace(-1, 1, 24), None, jnp.full((8,), 0.5)]
@@ -100,7 +100,7 @@ def test_group_bad_input_names_the_argument():
 
 def test_kernel_group_rejects_mismatched_biases():
   (p, s), = _weights((16,), 128)
-  w, fmt = matmul_lib.kernel_weight(jnp.asarray(p), s)
+  w, fmt = product_lib.kernel_weight(jnp.asarray(p), s)
   with pytest.raises(ValueError, match="biases"):
     pallas_kernels.matmul_lut_group(jnp.ones((1, 128)), [w, w], fmt=fmt, biases=[None])
 

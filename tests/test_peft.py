@@ -69,6 +69,13 @@ def test_peft_adapter_loads_with_peft_logits(ref, tmp_path):
   assert sorted(mine["target_modules"]) == sorted(peft["target_modules"])  # PEFT writes a set
   with pytest.raises(FileExistsError, match="`out_dir`"):
     jaxfp4.nnx.save_adapters(model, out)
+  # A checkpoint saved every N steps: overwrite=True replaces the adapter directory whole.
+  (out / "stale.txt").write_text("from the last save")
+  assert jaxfp4.nnx.save_adapters(model, out, overwrite=True) == out
+  assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]  # nothing left beside it
+  with pytest.raises(FileExistsError, match="no adapter_config.json"):
+    jaxfp4.nnx.save_adapters(model, tmp_path, overwrite=True)  # not an adapter directory
 
 
 def test_adapters_made_here_round_trip(tmp_path):

@@ -493,13 +493,16 @@ def test_legacy_key_works_and_unused_key_is_ignored():
   np.testing.assert_array_equal(jaxfp4.quantize_4bit(x, quant_type="nf4", key="garbage")[0], ref)
 
 
-def test_nonfinite_raise_under_jit_says_it_first(capfd):
+def test_nonfinite_raise_under_jit_says_it_first(caplog):
+  # Logged (to stderr when logging is not configured) before JAX wraps the error.
   import functools
   q = jax.jit(functools.partial(jaxfp4.quantize_4bit, quant_type="nf4", nonfinite="raise"))
   with pytest.raises(Exception, match=r"`x` has 128 NaN/Inf values and nonfinite='raise'"):
     jax.block_until_ready(q(jnp.full((2, 64), jnp.nan)))
-  err = capfd.readouterr().err
-  assert err.startswith("jaxfp4.quantize_4bit (under jit): `x` has 128 NaN/Inf values"), err[:200]
+  ours = [r for r in caplog.records if r.name == "jaxfp4"]
+  assert ours and ours[0].levelname == "ERROR", caplog.records
+  assert ours[0].getMessage().startswith(
+      "jaxfp4.quantize_4bit (under jit): `x` has 128 NaN/Inf values"), ours[0].getMessage()
 
 
 def test_nvfp4_global_scale_of_the_wrong_shape():

@@ -62,6 +62,15 @@ def test_hadamard_matrix_is_orthonormal_sylvester(n):
   np.testing.assert_allclose(h64 @ h64.T, np.eye(n), rtol=0, atol=2 * U32)
 
 
+def test_hadamard_matrix_first_built_inside_jit():
+  # Built from jax.scipy.linalg.hadamard and cached: the first call may come from a trace.
+  from jaxfp4._src.training import hadamard as hadamard_lib
+  hadamard_lib._sylvester_signs.cache_clear()
+  y = jax.jit(lambda x: jnp.asarray(hadamard_matrix(4)) @ x)(jnp.eye(4, dtype=jnp.float32))
+  np.testing.assert_array_equal(np.asarray(y), np.array([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1],
+                                                         [1, -1, -1, 1]], np.float32) / 2)
+
+
 @pytest.mark.parametrize("n", [0, 1, 3, 24, 512, True, 16.0, "16"])
 def test_hadamard_matrix_rejects_bad_sizes(n):
   with pytest.raises(ValueError, match="`n` must be a power of two"):

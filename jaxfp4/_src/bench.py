@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import statistics
 import time
 from typing import Callable
@@ -20,6 +21,8 @@ import jax.numpy as jnp
 
 from jaxfp4._src import formats
 from jaxfp4._src import quantize as q
+
+logger = logging.getLogger("jaxfp4")
 
 
 def time_call(fn: Callable, *args, warmup: int = 5, batches: int = 25,
@@ -155,7 +158,7 @@ def _safe_row(op, tag, variant, fn, args, nbytes, copy_bw):
   try:
     return Row(op, tag, variant, time_call(fn, *args), nbytes, copy_bw)
   except Exception as e:  # a config that fails to compile is reported, not fatal
-    print(f"{op} {tag} {variant} failed: {repr(e)[:500]}")
+    logger.warning("%s %s %s failed: %s", op, tag, variant, repr(e)[:500])
     return Row(op, tag, variant + " FAILED", float("inf"), nbytes, copy_bw)
 
 

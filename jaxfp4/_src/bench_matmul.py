@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import math
 
 import jax
@@ -20,8 +21,11 @@ import jax.numpy as jnp
 
 from jaxfp4._src import formats
 from jaxfp4._src import matmul as matmul_lib
+from jaxfp4._src import product as product_lib
 from jaxfp4._src import quantize as q
 from jaxfp4._src.bench import copy_bandwidths, time_call
+
+logger = logging.getLogger("jaxfp4")
 
 _ROTATE_BYTES = 160e6  # > 3x the 50 MB L2 of an H100
 
@@ -83,7 +87,7 @@ def _fwd(x, w, implementation=None):
 def _bwd(dy, w, implementation=None):
   packed, state = w
   data = q.check_packed(packed, state)
-  return matmul_lib._product(dy, data, state, None, implementation, transpose=True)
+  return product_lib.product(dy, data, state, None, implementation, transpose=True)
 
 
 def _dot_bf16(x, w):
@@ -168,7 +172,7 @@ def run(shapes, ms, *, quant_type="nf4", formats_shape=None, format_ms=(), forma
         # dequantize route beside it; elsewhere matmul_4bit is the jnp path.
         routes = ((None, "matmul_4bit"),)
         if on_gpu:
-          fwd_route = matmul_lib._route(m, state, x.dtype, None, False)
+          fwd_route = product_lib.route(m, state, x.dtype, None, False)
           routes = ((None, f"matmul_4bit [{fwd_route}]"),)
           if fwd_route != "dequantize":
             routes += (("dequantize", "dequant kernel+dot"),)
@@ -192,12 +196,12 @@ def _forced_route(route: str | None):
   if route is None:
     yield
     return
-  original = matmul_lib._route
-  matmul_lib._route = lambda *a, **k: route
+  original = product_lib.route
+  product_lib.route = lambda *a, **k: route
   try:
     yield
   finally:
-    matmul_lib._route = original
+    product_lib.route = original
 
 
 def _config_op(cfg, transpose):
@@ -205,7 +209,7 @@ def _config_op(cfg, transpose):
 
   def op(x, w):
     packed, state = w
-    kw, fmt = matmul_lib.kernel_weight(q.check_packed(packed, state), state)
+    kw, fmt = product_lib.kernel_weight(q.check_packed(packed, state), state)
     return pallas_kernels.matmul_packed(x, kw, fmt=fmt, transpose=transpose,
                                         implementation="pallas", config=cfg)
   return op
@@ -215,7 +219,7 @@ def _safe_time(op, x, ws, quick):
   try:
     return _time_rotating(op, x, ws, quick)
   except Exception as e:  # a config that fails to compile is reported, not fatal
-    print(f"config failed: {repr(e)[:300]}")
+    logger.warning("config failed: %s", repr(e)[:300])
     return float("inf")
 
 

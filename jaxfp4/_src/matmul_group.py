@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxfp4._src import matmul as matmul_lib
+from jaxfp4._src import product as product_lib
 from jaxfp4._src import quantize as quantize_lib
 from jaxfp4._src.state import QuantState
 import pallas_kernels
@@ -28,14 +29,14 @@ def _shared_launch(x, datas, states, implementation):
   m = x.shape[0]
   if len(states) < 2:
     return None
-  routes = {matmul_lib._route(m, st, x.dtype, implementation, False) for st in states}
+  routes = {product_lib.route(m, st, x.dtype, implementation, False) for st in states}
   # Both register-table kernels have a group form. Measured on an H100
   # (docs/benchmarks.md, "Decode step"): the GEMV group cut a Llama-8B batch-1
   # step by 8%, the tensor-core group 2-4% at batch 16 against per-weight
   # launches with their per-shape configs. Dequantize + GEMM has no group form.
   if len(routes) != 1 or not routes <= {"gemv", "mma"}:
     return None
-  pairs = [matmul_lib.kernel_weight(d, st) for d, st in zip(datas, states)]
+  pairs = [product_lib.kernel_weight(d, st) for d, st in zip(datas, states)]
   if len({fmt for _, fmt in pairs}) != 1:
     return None
   return [w for w, _ in pairs], pairs[0][1], routes.pop()
@@ -44,7 +45,7 @@ def _shared_launch(x, datas, states, implementation):
 def _group_product(x, biases, datas, states, implementation):
   shared = _shared_launch(x, datas, states, implementation)
   if shared is None:
-    return tuple(matmul_lib._product(x, d, st, b, implementation, transpose=False)
+    return tuple(product_lib.product(x, d, st, b, implementation, transpose=False)
                  for d, st, b in zip(datas, states, biases))
   ws, fmt, kind = shared
   return pallas_kernels.matmul_lut_group(x, ws, fmt=fmt, biases=biases, kind=kind,
@@ -64,12 +65,12 @@ def _matmul_group_bwd(implementation, residuals, dys):
   biases, datas, states = residuals
   dx = None
   for dy, d, st in zip(dys, datas, states):
-    part = matmul_lib._product(dy, d, st, None, implementation, transpose=True)
+    part = product_lib.product(dy, d, st, None, implementation, transpose=True)
     dx = part.astype(jnp.float32) if dx is None else dx + part.astype(jnp.float32)
   dbiases = tuple(None if b is None else
                   jnp.sum(dy.astype(jnp.float32), axis=0).astype(b.dtype)
                   for b, dy in zip(biases, dys))
-  zero = matmul_lib._zero_cotangent
+  zero = product_lib.zero_cotangent
   return (dx.astype(dys[0].dtype), dbiases, tuple(zero(d) for d in datas),
           tuple(jax.tree_util.tree_map(zero, st) for st in states))
 

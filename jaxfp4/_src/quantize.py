@@ -11,8 +11,8 @@ kernel or their pure-jnp reference.
 from __future__ import annotations
 
 import functools
+import logging
 import math
-import sys
 from typing import Any
 
 import jax
@@ -26,6 +26,8 @@ from jaxfp4._src import packing
 from jaxfp4._src import rounding as rounding_lib
 from jaxfp4._src.state import NestedState, QuantState
 import pallas_kernels
+
+logger = logging.getLogger("jaxfp4")
 
 IMPLEMENTATIONS = (None, "xla", "pallas")
 
@@ -60,7 +62,7 @@ def _raise_if_nonfinite_traced(count) -> None:
   if int(count):
     # JAX wraps a callback's exception in "JaxRuntimeError: INTERNAL: CpuCallback
     # error" with the message at the end of a long traceback: say it first.
-    print(f"jaxfp4.quantize_4bit (under jit): {_nonfinite_message(count)}", file=sys.stderr, flush=True)
+    logger.error("jaxfp4.quantize_4bit (under jit): %s", _nonfinite_message(count))
     raise ValueError(_nonfinite_message(count))
 
 

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from jaxfp4._src import extras
+
 FIGSIZE = (12.0, 9.0)
 DPI = 120  # 1440 x 1080 pixels
 
@@ -84,6 +86,7 @@ def plot_analysis(
     >>> plot_analysis(x, {"fp4": quantize_roundtrip(x)[0]}, out).suffix
     '.png'
   """
+  extras.require("matplotlib", feature="plot_analysis")
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 

@@ -7,13 +7,13 @@ from typing import Any, Callable, Iterable, Sequence
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from jaxfp4._src import formats as fmts
 from jaxfp4._src.calibration import candidates as cands
 from jaxfp4._src.calibration.report import CalibrationReport, CandidateResult, LayerCalibration
 from jaxfp4._src.calibration.stats import LayerStats, output_energy
 from jaxfp4._src.flax.quantize_model import SkipFn, _matcher, linear_layers, record_linear_inputs
+from jaxfp4._src.progress import bar as progress_bar
 
 
 def _default_forward(model: nnx.Module, batch: Any) -> Any:
@@ -44,7 +44,7 @@ def calibrate(
     formats: Sequence[str] = cands.DEFAULT_CANDIDATES,
     blocksizes: Sequence[int] = (64,),
     skip: str | Sequence[str] | SkipFn | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> CalibrationReport:
   """Runs ``model`` on calibration batches and scores each candidate format of each linear layer.
 
@@ -94,7 +94,7 @@ def calibrate(
   layers = linear_layers(model)
   stats: dict[str, LayerStats] = {}
   num_batches = 0
-  for batch in tqdm(batches, desc="calibration batches", unit="batch", disable=not progress):
+  for batch in progress_bar(batches, enabled=progress, desc="calibration batches", unit="batch"):
     with record_linear_inputs(model) as inputs:
       forward(model, batch)
     for path, xs in inputs.items():
@@ -114,7 +114,7 @@ def calibrate(
 
   out = []
   total = len(calibrated) * len(candidate_objs)
-  with tqdm(total=total, desc="scoring formats", unit="format", disable=not progress) as bar:
+  with progress_bar(total=total, enabled=progress, desc="scoring formats", unit="format") as bar:
     for path in calibrated:
       s, layer = stats[path], layers[path]
       kernel = jnp.asarray(layer.kernel.get_value())

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxfp4._src import extras
 from jaxfp4._src.calibration.plan import PrecisionPlan
 
 
 def plot_plan(plan: PrecisionPlan, path: str | Path, *, title: str | None = None, dpi: int = 100) -> None:
   """Writes a PNG: sensitivity per layer (log scale) for each candidate, the chosen format circled."""
+  extras.require("matplotlib", feature="plot_plan")
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 

@@ -11,6 +11,7 @@ import argparse
 import json
 import pathlib
 
+from jaxfp4._src import extras
 from jaxfp4._src import formats
 from jaxfp4._src.cli.demo import check_options, check_writable, json_safe, quant_type_list
 from jaxfp4._src.cli.paths import write_text
@@ -44,11 +45,11 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
   import numpy as np
-  from tqdm import tqdm
 
   from jaxfp4._src.analysis import figure
   from jaxfp4._src.analysis import metrics
   from jaxfp4._src.analysis import weights
+  from jaxfp4._src.progress import bar as progress_bar
 
   parser: argparse.ArgumentParser = args.parser
   if args.max_tensors is not None and args.max_tensors < 0:
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
   check_options(parser, args.quant_types, args.blocksize)
   check_writable(parser, "--json", args.json, inputs=[args.file])
   if args.figure is not None:
+    extras.require("matplotlib", feature="--figure")
     check_writable(parser, "--output", args.output, inputs=[args.file])
     if args.json is not None and pathlib.Path(args.json).resolve() == pathlib.Path(args.output).resolve():
       parser.error(f"--json and --output name the same file {args.json!r}")
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
   skipped: list[tuple[str, str]] = []
   fig_data = None
   wanted = analyzed | ({args.figure} if args.figure is not None else set())
-  bar = tqdm(total=limit, desc="analyze", unit="tensor")
+  bar = progress_bar(total=limit, enabled=True, desc="analyze", unit="tensor")
   try:
     for name, arr in weights.iter_float_tensors(args.file, names=wanted):
       bar.set_postfix_str(name[-40:])

@@ -50,12 +50,12 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
   import jax
   import jax.numpy as jnp
-  from tqdm import tqdm
 
   from jaxfp4._src import bench
   from jaxfp4._src import formats
   from jaxfp4._src.cli.demo import check_writable
   from jaxfp4._src.cli.paths import write_text
+  from jaxfp4._src.progress import bar as progress_bar
   check_writable(args.parser, "--json", args.json)
   shape = tuple(int(s) for s in args.shape.split(","))
   qts = [q.strip() for q in args.quant_types.split(",") if q.strip()]
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
   header = (f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
             f"python {platform.python_version()}")
   result = {"device": device.device_kind, "jax": jax.__version__}
-  bar = tqdm(total=None, desc="bench", unit="step")
+  bar = progress_bar(enabled=True, desc="bench", unit="step")
   progress = lambda s: (bar.set_postfix_str(s), bar.update())  # noqa: E731
   tables = []
   if not args.skip_quantize:

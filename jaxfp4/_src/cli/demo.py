@@ -14,6 +14,7 @@ import pathlib
 import sys
 from typing import Any
 
+from jaxfp4._src import extras
 from jaxfp4._src import formats
 from jaxfp4._src.cli.paths import write_text
 
@@ -126,15 +127,21 @@ def run(args: argparse.Namespace) -> int:
           f"{r.state_bytes} bytes state = {r.bytes_after} bytes "
           f"({r.compression_ratio:.2f}x, {r.bits_per_weight:.2f} bits/weight)")
 
-  out = figure.plot_analysis(
-      x, deq, args.output,
-      title=f"{', '.join(deq)} quantization of {x.size} weights ~ N(0, {args.std:g})")
   print()
-  print(f"figure ({', '.join(deq)}): {out.resolve()}")
+  out = None
+  if extras.available("matplotlib"):
+    out = figure.plot_analysis(
+        x, deq, args.output,
+        title=f"{', '.join(deq)} quantization of {x.size} weights ~ N(0, {args.std:g})")
+    print(f"figure ({', '.join(deq)}): {out.resolve()}")
+  else:
+    # The core install has no matplotlib: the table is the result, the figure optional.
+    print(f"figure: not drawn, {extras.missing_extra('matplotlib', feature='the figure')}")
   if args.json:
     doc = {"size": x.size, "std": args.std, "seed": args.seed, "dtype": "float32",
            "min": float(x.min()), "max": float(x.max()), "mean": float(x.mean()),
-           "std_measured": float(x.std()), "bytes": x.nbytes, "figure": str(out),
+           "std_measured": float(x.std()), "bytes": x.nbytes,
+           "figure": None if out is None else str(out),
            "reports": [r.as_dict() for r in reports]}
     write_text(args.json, json.dumps(json_safe(doc), indent=1, allow_nan=False))
     print(f"json: {pathlib.Path(args.json).resolve()}")

@@ -12,6 +12,7 @@ from jaxfp4._src.cli import inspect as inspect_cmd
 from jaxfp4._src.cli import plan as plan_cmd
 from jaxfp4._src.cli import quantize as quantize_cmd
 from jaxfp4._src.cli.paths import CommandError
+from jaxfp4._src.extras import MissingExtraError
 from jaxfp4._src.version import __version__
 
 COMMANDS = (demo_cmd, analyze_cmd, bench_cmd, quantize_cmd, inspect_cmd, plan_cmd)
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
     return int(args.run(args) or 0)
-  except (OSError, ValueError, CommandError) as e:
+  except (OSError, ValueError, CommandError, MissingExtraError) as e:
     # A usage or file problem is one line; the traceback helps only a developer.
     if args.debug:
       raise

@@ -23,10 +23,13 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+  from jaxfp4._src import extras
   from jaxfp4._src.calibration.plan import plan_precision
   from jaxfp4._src.calibration.report import CalibrationReport
   from jaxfp4._src.cli.demo import check_writable
   check_writable(args.parser, "--figure", args.figure, inputs=[args.report])
+  if args.figure:
+    extras.require("matplotlib", feature="--figure")
   check_writable(args.parser, "--json", args.json, inputs=[args.report], overwrite=False)
   try:
     report = CalibrationReport.load(args.report)

@@ -59,7 +59,8 @@ def _target_modules(layers: dict[str, Dense4bit]) -> list[str] | str:
 
 
 def save_adapters(model: nnx.Module, out_dir: str | os.PathLike, *,
-                  base_model_name_or_path: str | None = None, task_type: str = "CAUSAL_LM") -> Path:
+                  base_model_name_or_path: str | None = None, task_type: str = "CAUSAL_LM",
+                  overwrite: bool = False) -> Path:
   """Writes ``model``'s LoRA adapters as a PEFT LoRA directory (PEFT and vLLM load it).
 
   Every adapted layer must share one rank, alpha, dropout and rsLoRA setting
@@ -71,6 +72,9 @@ def save_adapters(model: nnx.Module, out_dir: str | os.PathLike, *,
     out_dir: a new or empty directory; it appears only once complete.
     base_model_name_or_path: recorded for PEFT (the Hub id or path of the base).
     task_type: PEFT's task type.
+    overwrite: replace ``out_dir`` if it holds an adapter (an
+      ``adapter_config.json``), e.g. saved every N training steps; the old
+      directory stays whole until the new one is complete.
 
   Returns:
     The directory.
@@ -106,8 +110,8 @@ def save_adapters(model: nnx.Module, out_dir: str | os.PathLike, *,
       yield f"{PREFIX}{p}.lora_B.weight", np.ascontiguousarray(np.asarray(jax.device_get(l.lora_b.get_value())).T)
 
   out_dir = Path(out_dir)
-  refuse_nonempty_dir(out_dir)
-  with directory_atomic(out_dir) as tmp:
+  refuse_nonempty_dir(out_dir, overwrite=overwrite, marker=CONFIG)
+  with directory_atomic(out_dir, overwrite=overwrite) as tmp:
     write_safetensors(tmp / WEIGHTS, tensors(), metadata={"format": "pt"})
     (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
   return out_dir

@@ -21,11 +21,11 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxfp4._src.io import checkpoint
 from jaxfp4._src.io.files import directory_atomic
 from jaxfp4._src.io.safetensors import write_safetensors
+from jaxfp4._src.progress import bar as progress_bar
 from jaxfp4._src.quantize import quantize_4bit
 
 # Modules transformers never turns into Linear4bit: embeddings are nn.Embedding.
@@ -85,7 +85,7 @@ def quantize_checkpoint(
     skip: Sequence[str] = ("lm_head",),
     dtype: str = "auto",
     compute_dtype: str = "bfloat16",
-    progress: bool = True,
+    progress: bool = False,
 ) -> ConvertReport:
   """Writes a bitsandbytes 4-bit copy of a Hugging Face checkpoint directory.
 
@@ -141,7 +141,7 @@ def _convert(ckpt, in_dir, out_dir, config, targets, *, quant_type, blocksize, c
   quantized, kept = [], []
   bytes_before = bytes_after = 0
   total = len(ckpt.keys())
-  bar = tqdm(total=total, desc="quantize", unit="tensor", disable=not progress)
+  bar = progress_bar(total=total, enabled=progress, desc="quantize", unit="tensor")
   weight_map = {}
   for f in ckpt.files:
     def tensors(f=f):

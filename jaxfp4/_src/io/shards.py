@@ -70,6 +70,7 @@ def write_pretrained(
     max_shard_size: int | str | None = None,
     model_card: str | None = None,
     metadata: Mapping[str, str] | None = None,
+    overwrite: bool = False,
 ) -> Path:
   """Writes a Hugging Face model directory, all at once or not at all.
 
@@ -81,6 +82,8 @@ def write_pretrained(
       writes one ``model.safetensors``.
     model_card: text of ``README.md`` (None: none written).
     metadata: safetensors ``__metadata__`` of every file.
+    overwrite: replace an existing directory that holds a ``config.json``
+      (the old one stays whole until the new one is complete).
 
   Returns:
     ``out_dir``.
@@ -90,8 +93,8 @@ def write_pretrained(
   """
   out_dir = Path(out_dir)
   limit = parse_size(max_shard_size)
-  refuse_nonempty_dir(out_dir)
-  with directory_atomic(out_dir) as tmp:
+  refuse_nonempty_dir(out_dir, overwrite=overwrite, marker="config.json")
+  with directory_atomic(out_dir, overwrite=overwrite) as tmp:
     names: list[list[str]] = []
     total = 0
     for i, shard in enumerate(_shards(tensors, limit)):

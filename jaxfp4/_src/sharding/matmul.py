@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from jaxfp4._src import matmul as matmul_lib
+from jaxfp4._src import product as product_lib
 from jaxfp4._src.sharding import layout
 from jaxfp4._src.state import QuantState
 
@@ -58,7 +58,7 @@ def sharded_product(x, data, state: QuantState, bias, implementation, ws: layout
     data_l, state_l = _gather_fsdp(data_l, state_l, ws)
     shape = (data_l.shape[0], data_l.shape[1] * 2)
     local = layout.local_state(state_l, shape)
-    y = matmul_lib._product(x_l, data_l.reshape(-1), local, bias_l[0] if bias_l else None,
+    y = product_lib.product(x_l, data_l.reshape(-1), local, bias_l[0] if bias_l else None,
                             implementation, transpose=transpose)
     return y[None] if reduce_ax else y
 
@@ -93,7 +93,7 @@ def _bwd(implementation, ws, residuals, dy):
   bias, data, state = residuals
   dx = sharded_product(dy, data, state, None, implementation, ws, transpose=True)
   dbias = None if bias is None else jnp.sum(dy.astype(jnp.float32), axis=0).astype(bias.dtype)
-  zero = matmul_lib._zero_cotangent
+  zero = product_lib.zero_cotangent
   return dx, dbias, zero(data), jax.tree_util.tree_map(zero, state)
 
 

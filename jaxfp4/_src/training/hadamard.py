@@ -32,6 +32,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.linalg
 import numpy as np
 
 BLOCK_SIZES = tuple(2**i for i in range(1, 9))  # 2, 4, ..., 256
@@ -45,10 +46,11 @@ def _check_size(name: str, n: Any) -> int:
 
 @functools.cache
 def _sylvester_signs(n: int) -> np.ndarray:
-  """The ±1 Sylvester matrix: ``H_1 = [1]``, ``H_2m = [[H_m, H_m], [H_m, -H_m]]``."""
-  h = np.ones((1, 1), np.int8)
-  while h.shape[0] < n:
-    h = np.block([[h, h], [h, -h]])
+  """The ±1 Sylvester matrix ``H_1 = [1]``, ``H_2m = [[H_m, H_m], [H_m, -H_m]]``
+  (``jax.scipy.linalg.hadamard``, the order of ``scipy.linalg.hadamard``), on the host."""
+  # Concrete even when first called inside a jit trace, so it can be cached.
+  with jax.ensure_compile_time_eval():
+    h = np.asarray(jax.scipy.linalg.hadamard(n, dtype=jnp.int8))
   h.setflags(write=False)
   return h
 

@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from jaxfp4._src.models.bert.model import BertModel
 from jaxfp4._src.models.bert.tokenizer import WordPieceTokenizer
+from jaxfp4._src.progress import bar as progress_bar
 
 _MIN_BUCKET = 16
 
@@ -101,7 +101,8 @@ def encode(
   graphdef, state = nnx.split(model)
   rows = min(batch_size, len(sentences))
   out = []
-  for start in tqdm(range(0, len(sentences), batch_size), desc="encode", unit="batch", disable=not progress):
+  for start in progress_bar(range(0, len(sentences), batch_size), enabled=progress, desc="encode",
+                            unit="batch"):
     chunk = list(sentences[start:start + batch_size])
     enc = tokenizer(chunk, max_length=limit)
     n, t = enc["input_ids"].shape

@@ -23,13 +23,13 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from jaxfp4._src.io import checkpoint
 from jaxfp4._src.models.bert.config import BertConfig
 from jaxfp4._src.models.bert.encode import SentenceEncoder
 from jaxfp4._src.models.bert.model import BertModel
 from jaxfp4._src.models.bert.tokenizer import WordPieceTokenizer
+from jaxfp4._src.progress import bar as progress_bar
 
 _PREFIX = "bert."
 _IGNORED = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias")
@@ -78,7 +78,7 @@ def _fill(model: BertModel, ckpt: checkpoint.Checkpoint, *, progress: bool) -> N
   entries = [(p, v) for p, v in nnx.iter_graph(model)
              if isinstance(v, nnx.Variable) and not isinstance(v, nnx.RngState)]
   used = set()
-  for p, var in tqdm(entries, desc="load", unit="tensor", disable=not progress):
+  for p, var in progress_bar(entries, enabled=progress, desc="load", unit="tensor"):
     module, leaf = ".".join(str(k) for k in p[:-1]), str(p[-1])
     # nnx.Linear's kernel and nnx.Embed's embedding are HF's "weight".
     key = f"{prefix}{module}.{'weight' if leaf in ('kernel', 'embedding') else leaf}"

@@ -23,10 +23,13 @@ from jax.sharding import Mesh
 
 from jaxfp4._src.flax.nnx_dense import Dense4bit
 from jaxfp4._src.flax.quantize_model import _matcher
-from jaxfp4._src.io import checkpoint, hf_layout, hub, shards
+from jaxfp4._src.flax import hf_layout
+from jaxfp4._src.io import checkpoint, hub, shards
+from jaxfp4._src.io.files import refuse_nonempty_dir
 from jaxfp4._src.models.decoder.config import DecoderConfig
 from jaxfp4._src.models.decoder.model import DecoderForCausalLM
 from jaxfp4._src.quantize import quantize_4bit
+from jaxfp4._src.progress import bar as progress_bar
 from jaxfp4._src.sharding import plan as sharding_plan
 from jaxfp4._src.sharding.plan import ShardingPlan
 
@@ -45,7 +48,7 @@ def from_pretrained(
     skip: Sequence[str] = ("lm_head",),
     implementation: str | None = None,
     remat: bool = False,
-    progress: bool = True,
+    progress: bool = False,
     mesh: Mesh | None = None,
     plan: ShardingPlan | None = None,
     model_class: type[DecoderForCausalLM] = DecoderForCausalLM,
@@ -155,7 +158,8 @@ def save_pretrained(
     *,
     max_shard_size: int | str | None = "5GB",
     base_model: str | None = None,
-    progress: bool = True,
+    progress: bool = False,
+    overwrite: bool = False,
 ) -> Path:
   """Writes ``model`` as a Hugging Face directory that transformers (+ bitsandbytes) loads.
 
@@ -172,6 +176,9 @@ def save_pretrained(
       ``model.safetensors.index.json``. None: one file.
     base_model: the Hub id the weights came from, for the model card.
     progress: show a progress bar.
+    overwrite: replace ``out_dir`` if it holds a checkpoint (a ``config.json``),
+      as a training loop saving every N steps does; the old directory stays
+      whole until the new one is complete. Anything else there is refused.
 
   Returns:
     The directory.
@@ -183,8 +190,7 @@ def save_pretrained(
     raise ValueError(f"`model` must be a DecoderForCausalLM (or LlamaForCausalLM), got {type(model).__name__}.")
   out_dir = Path(out_dir)
   shards.parse_size(max_shard_size)  # bad sizes fail before any work
-  if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-    raise FileExistsError(f"`out_dir` {str(out_dir)!r} exists and is not empty; jaxfp4 never writes over files.")
+  refuse_nonempty_dir(out_dir, overwrite=overwrite, marker="config.json")  # before any work
   layers = [n for _, n in nnx.iter_graph(model) if isinstance(n, Dense4bit)]
   denest = False
   hf = model.config.to_hf()
@@ -213,11 +219,10 @@ def save_pretrained(
                            quantization=hf.get("quantization_config"), base_model=base_model)
   return shards.write_pretrained(
       out_dir, _progress(hf_layout.hf_tensors(model, denest=denest), progress), config=hf,
-      max_shard_size=max_shard_size, model_card=card, metadata={"format": "pt"})
+      max_shard_size=max_shard_size, model_card=card, metadata={"format": "pt"}, overwrite=overwrite)
 
 
 def _progress(items, enabled: bool):
-  from tqdm.auto import tqdm
-  return tqdm(items, desc="save", unit="tensor", disable=not enabled)
+  return progress_bar(items, enabled=enabled, desc="save", unit="tensor")
 
 

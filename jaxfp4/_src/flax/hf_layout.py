@@ -20,12 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
-from tqdm.auto import tqdm
 
 from jaxfp4._src.flax.graph import unique_variables
 from jaxfp4._src.flax.nnx_dense import Dense4bit, QuantizedWeight
 from jaxfp4._src.io import checkpoint
-from jaxfp4._src.io.model_io import check_array_like, check_state_like
+from jaxfp4._src.flax.model_io import check_array_like, check_state_like
+from jaxfp4._src.progress import bar as progress_bar
 from jaxfp4._src.sharding import layout
 from jaxfp4._src.sharding.layout import WeightSharding, saved_packed, shard_4bit, shard_host_4bit
 from jaxfp4._src.state import QuantState
@@ -57,7 +57,7 @@ def load_hf_weights(
     *,
     quantizer: Quantizer | None = None,
     ignore: Callable[[str], bool] = lambda key: False,
-    progress: bool = True,
+    progress: bool = False,
     targets: dict[int, Any] | None = None,
 ) -> nnx.Module:
   """Fills ``model`` (which may be abstract, from ``nnx.eval_shape``) from ``ckpt``, in place.
@@ -74,7 +74,7 @@ def load_hf_weights(
   entries = list(_entries(model))
   targets = targets or {}
   state_vars = {key: var for kind, key, var in entries if kind == "state"}
-  for kind, key, var in tqdm(entries, desc="load", unit="tensor", disable=not progress):
+  for kind, key, var in progress_bar(entries, enabled=progress, desc="load", unit="tensor"):
     like = var.get_value()
     target = targets.get(id(var))
     if kind == "lora":

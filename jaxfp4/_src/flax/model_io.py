@@ -18,12 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from jaxfp4._src.flax.graph import unique_variables
 from jaxfp4._src.flax.nnx_dense import QuantizedWeight
 from jaxfp4._src.io import checkpoint
 from jaxfp4._src.io.safetensors import write_safetensors
+from jaxfp4._src.progress import bar as progress_bar
 from jaxfp4._src.outlier_columns import OutlierColumns, check_outliers
 from jaxfp4._src.sharding.layout import saved_packed
 from jaxfp4._src.state import QuantState
@@ -49,7 +49,7 @@ def _entries(model: nnx.Module) -> dict[str, tuple[str, nnx.Variable]]:
 
 
 def save_model(path: str | os.PathLike, model: nnx.Module, *,
-               metadata: Mapping[str, str] | None = None, progress: bool = True) -> Path:
+               metadata: Mapping[str, str] | None = None, progress: bool = False) -> Path:
   """Writes every variable of ``model`` to a new safetensors file.
 
   Args:
@@ -69,7 +69,7 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *,
   entries = _entries(model)
 
   def tensors():
-    for kind, key, var in tqdm(entries.values(), desc="save", unit="var", disable=not progress):
+    for kind, key, var in progress_bar(entries.values(), enabled=progress, desc="save", unit="var"):
       value = var.get_value()
       if kind == "state":
         yield from ((k, v) for k, v in checkpoint.tensor_group_4bit(key, np.zeros(0), value)
@@ -90,7 +90,7 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *,
   return write_safetensors(path, tensors(), metadata=meta)
 
 
-def load_model(path: str | os.PathLike, model: nnx.Module, *, progress: bool = True) -> nnx.Module:
+def load_model(path: str | os.PathLike, model: nnx.Module, *, progress: bool = False) -> nnx.Module:
   """Restores ``model``'s variables from a file written by :func:`save_model`, in place.
 
   ``model`` supplies the structure (build it as you did before saving, or with
@@ -106,7 +106,7 @@ def load_model(path: str | os.PathLike, model: nnx.Module, *, progress: bool = T
   with checkpoint.Checkpoint(path) as ckpt:
     used: set[str] = set()
     entries = _entries(model)
-    for name, (kind, key, var) in tqdm(entries.items(), desc="load", unit="var", disable=not progress):
+    for name, (kind, key, var) in progress_bar(entries.items(), enabled=progress, desc="load", unit="var"):
       if kind == "state":
         packed, state = ckpt.get_4bit(key)
         check_state_like(key, state, var.get_value())
