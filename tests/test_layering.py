@@ -66,6 +66,7 @@ THIRD_PARTY = {
 OPTIONAL_IN = {
     "jaxfp4._src.progress": {"tqdm"},  # a bar only when asked for and installed
     "jaxfp4._src.io.hub": {"huggingface_hub"},  # Hub repo ids, the [hub] extra
+    "jaxfp4._src.cli.tokens": {"tokenizers"},  # text calibration files, only with a tokenizer.json
 }
 OWN = ("jaxfp4", "pallas_kernels")
 

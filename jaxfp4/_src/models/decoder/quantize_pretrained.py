@@ -30,6 +30,7 @@ from flax import nnx
 
 from jaxfp4._src.calibration.clipping import quantize_rows_clipped, row_clip_to_blocks, search_clip
 from jaxfp4._src import formats
+from jaxfp4._src import progress as progress_lib
 from jaxfp4._src.flax.nnx_dense import Dense4bit
 from jaxfp4._src.flax.quantize_model import _matcher, _replace, linear_layers
 from jaxfp4._src.gptq import quantize_4bit_gptq
@@ -270,14 +271,12 @@ def quantize_pretrained(
   gptq_opts = dict(percdamp=float(percdamp), act_order=act_order, lazy_block=lazy_block, refit=refit,
                    clip_search=clip_search)
   hqq_opts = dict(p=hqq_p)
-  from tqdm.auto import tqdm
-
   t0 = time.perf_counter()
   args = [_layer_arguments(model, ids) for ids in batches]
   xs = [a[0][0] for a in args]
   rows: list[LayerQuantization] = []
   layers = model.model.layers
-  for i in tqdm(range(len(layers)), desc=f"quantize ({method})", unit="layer", disable=not progress):
+  for i in progress_lib.bar(range(len(layers)), enabled=progress, desc=f"quantize ({method})", unit="layer"):
     layer = layers[i]
     prefix = f"model.layers.{i}"
     paths = [p for p, lin in linear_layers(layer).items() if not match(f"{prefix}.{p}", lin)]
