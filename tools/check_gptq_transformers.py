@@ -55,6 +55,13 @@ def logits_transformers(path: Path, ids: np.ndarray, device: str) -> np.ndarray:
   import torch
   from transformers import AutoModelForCausalLM
   m = AutoModelForCausalLM.from_pretrained(path, device_map=device).eval()
+  if device == "cpu":
+    # bitsandbytes 0.50's AVX512-bf16 CPU path repacks each weight in tiles of 32
+    # output rows and asserts N % 32 == 0 (the tiny test Llama's MLP has N = 344);
+    # its generic CPU path (dequantize, then matmul) has no such limit.
+    for mod in m.modules():
+      if hasattr(mod, "support_avx512bf16_for_cpu"):
+        mod.support_avx512bf16_for_cpu = False
   with torch.no_grad():
     return m(input_ids=torch.from_numpy(ids.astype(np.int64)).to(device)).logits.float().cpu().numpy()
 
@@ -73,9 +80,10 @@ def main(argv=None) -> int:
                  help="torch device for bitsandbytes and transformers (cuda, or cpu: bitsandbytes' CPU backend)")
   p.add_argument("--seq-len", type=int, default=32)
   p.add_argument("--batch", type=int, default=2)
-  p.add_argument("--rtol", type=float, default=0.05, help="max |diff| / max |logit| allowed (default 0.05: bf16 compute)")
-  p.add_argument("--min-argmax", type=float, default=0.9,
-                 help="fraction of positions with the same argmax (default 0.9: near-ties flip in bf16)")
+  p.add_argument("--rtol", type=float, default=0.02,
+                 help="max |diff| / max |logit| allowed (default 0.02: bf16 compute; measured up to 0.0107 on the tiny Llama, RTN alike)")
+  p.add_argument("--min-argmax", type=float, default=0.95,
+                 help="fraction of positions with the same argmax (default 0.95: near-ties flip in bf16; measured 0.969-1.0)")
   args = p.parse_args(argv)
   import json
   failed = 0
