@@ -132,7 +132,7 @@ def run(shape=(8192, 8192), dtype=jnp.bfloat16, quant_types=("nf4", "fp4"),
         continue
       c = codec_lib.codec_for(qt)
       blocks = x.reshape(-1, bs)
-      scalars = ()
+      scalars: tuple[jax.Array, ...] = ()
       if fmt.scale_kind == "e4m3":  # the per-tensor pass is timed in the "pallas" row
         scalars = codec_lib.nvfp4_global_scales(jnp.max(jnp.abs(x.astype(jnp.float32))))
       for cfg in configs.get("quantize", []):

@@ -166,7 +166,7 @@ def run(shapes, ms, *, quant_type="nf4", formats_shape=None, format_ms=(), forma
         add(shape, m, tag, "xla dequant+dot", t, wb, t16)
         # On a GPU: the default dispatch (named by the route it takes) and the
         # dequantize route beside it; elsewhere matmul_4bit is the jnp path.
-        routes = ((None, "matmul_4bit"),)
+        routes: tuple[tuple[str | None, str], ...] = ((None, "matmul_4bit"),)
         if on_gpu:
           fwd_route = matmul_lib._route(m, state, x.dtype, None, False)
           routes = ((None, f"matmul_4bit [{fwd_route}]"),)

@@ -102,6 +102,7 @@ def save_adapters(model: nnx.Module, out_dir: str | os.PathLike, *,
 
   def tensors():
     for p, l in sorted(adapted.items()):
+      assert l.lora_a is not None and l.lora_b is not None  # adapted: layers with lora_rank > 0
       yield f"{PREFIX}{p}.lora_A.weight", np.ascontiguousarray(np.asarray(jax.device_get(l.lora_a.get_value())).T)
       yield f"{PREFIX}{p}.lora_B.weight", np.ascontiguousarray(np.asarray(jax.device_get(l.lora_b.get_value())).T)
 
@@ -193,6 +194,7 @@ def load_adapters(model: nnx.Module, path: str | os.PathLike, *, rngs: nnx.Rngs 
                        f"of [in={layer.in_features}, out={layer.out_features}] (want [r, in] and [out, r]).")
     layer.set_lora(r, alpha=alpha, dropout=float(cfg.get("lora_dropout") or 0.0), rngs=rngs,
                    use_rslora=bool(cfg.get("use_rslora")))
+    assert layer.lora_a is not None and layer.lora_b is not None  # set_lora(r > 0) made them
     dt = layer.lora_a.get_value().dtype
     layer.lora_a.set_value(jnp.asarray(a.T, dt))
     layer.lora_b.set_value(jnp.asarray(b.T, dt))

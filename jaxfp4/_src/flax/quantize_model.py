@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxfp4._src.flax.nnx_dense import Dense4bit, target_matcher
@@ -218,7 +219,7 @@ def quantize_model(
 
 
 # Layers quantize_model sees but does not convert, and why (reported, never silent).
-_KEPT = {
+_KEPT: dict[type, str] = {
     nnx.LinearGeneral: "nnx.LinearGeneral is kept in high precision: its multi-axis kernel is not converted "
                        "(reshape it to an nnx.Linear to quantize it)",
     nnx.Einsum: "nnx.Einsum is kept in high precision: an arbitrary einsum contraction has no 2-D "
@@ -270,8 +271,8 @@ def _planned(model: nnx.Module, plan, match: SkipFn, *, lora_rank, outlier_colum
     e = entries[name]
     cand = cands.parse(e.candidate)
     stored = cands.store(cand, linear.kernel.get_value(),
-                         input_rms=None if e.input_rms is None else jnp.asarray(e.input_rms, jnp.float32),
-                         clip=None if e.clip is None else jnp.asarray(e.clip, jnp.float32))
+                         input_rms=None if e.input_rms is None else np.asarray(e.input_rms, np.float32),
+                         clip=None if e.clip is None else np.asarray(e.clip, np.float32))
     return cands.module_for(linear, stored)
   return make
 

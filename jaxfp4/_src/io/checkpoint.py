@@ -168,7 +168,13 @@ def group_keys(weight: str, names) -> list[str]:
   """The quant-state keys of ``weight`` among ``names`` (without ``weight`` itself)."""
   prefix = weight + "."
   return [k for k in names if k.startswith(prefix)
-          and (k[len(prefix):] in STATE_SUFFIXES or _BLOB.match(k) and _BLOB.match(k)["weight"] == weight)]
+          and (k[len(prefix):] in STATE_SUFFIXES or _blob_weight(k) == weight)]
+
+
+def _blob_weight(key: str) -> str | None:
+  """The weight name of a quant-state blob key, or None for another key."""
+  m = _BLOB.match(key)
+  return None if m is None else m["weight"]
 
 
 def tensor_group_4bit(weight: str, packed, state: QuantState) -> Iterator[tuple[str, np.ndarray]]:

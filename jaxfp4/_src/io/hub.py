@@ -67,7 +67,7 @@ def resolve(
   only_local = offline() if local_files_only is None else bool(local_files_only)
   try:
     snapshot = huggingface_hub.snapshot_download(
-        repo_id=name, revision=revision, cache_dir=cache_dir, local_files_only=only_local,
+        repo_id=name, revision=revision, cache_dir=None if cache_dir is None else str(cache_dir), local_files_only=only_local,
         allow_patterns=list(PATTERNS))
   except Exception as e:  # LocalEntryNotFoundError, RepositoryNotFoundError, HTTP errors
     where = "the local Hub cache" + (" (offline)" if only_local else " or the Hub")

@@ -32,9 +32,9 @@ from jaxfp4._src.version import __version__
 FORMAT = "jaxfp4"
 
 
-def _entries(model: nnx.Module) -> dict[str, tuple[str, nnx.Variable]]:
-  """Maps each variable to its key; a 4-bit (weight, quant_state) pair shares ``P.weight``."""
-  out = {}
+def _entries(model: nnx.Module) -> dict[str, tuple[str, str, nnx.Variable]]:
+  """Maps each variable to ``(kind, key, variable)``; a 4-bit (weight, quant_state) pair shares ``P.weight``."""
+  out: dict[str, tuple[str, str, nnx.Variable]] = {}
   for module, leaf, var in unique_variables(model):
     name = f"{module}.{leaf}" if module else leaf
     value = var.get_value()
@@ -142,7 +142,7 @@ def load_model(path: str | os.PathLike, model: nnx.Module, *, progress: bool = T
   return model
 
 
-def check_array_like(key: str, array: np.ndarray, like: Any) -> None:
+def check_array_like(key: str, array: Any, like: Any) -> None:
   """Raises ValueError naming ``key`` if ``array`` differs from ``like`` in shape or dtype."""
   shape, dtype = tuple(jnp.shape(like)), jnp.dtype(like.dtype)
   if tuple(array.shape) != shape:

@@ -172,6 +172,7 @@ def _check_layout(path: Path, infos: list[TensorInfo], data_size: int) -> None:
   at, prev = 0, None
   for info in sorted(infos, key=lambda i: (i.begin, i.end)):
     if info.begin < at:
+      assert prev is not None  # at > 0 only after a first tensor
       raise ValueError(f"{path}: tensors {prev.name!r} (bytes [{prev.begin}, {prev.end})) and "
                        f"{info.name!r} (bytes [{info.begin}, {info.end})) overlap in the data section; "
                        "each byte must belong to one tensor.")

@@ -50,7 +50,8 @@ def parse_size(max_shard_size: int | str | None) -> int | None:
 
 def _shards(tensors: Iterable[tuple[str, np.ndarray]], limit: int | None):
   """Groups ``(name, array)`` into lists of at most ``limit`` bytes, in order."""
-  shard, size = [], 0
+  shard: list[tuple[str, np.ndarray]] = []
+  size = 0
   for name, array in tensors:
     array = np.asarray(array)
     if shard and limit is not None and size + array.nbytes > limit:

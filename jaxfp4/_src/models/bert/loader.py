@@ -128,7 +128,7 @@ def read_pipeline(path: str | os.PathLike) -> tuple[Path, Path | None, bool]:
   modules = _read_json(modules_file)
   if not isinstance(modules, list):
     raise ValueError(f"{modules_file}: must hold a JSON list of modules.")
-  kinds = [_ST_MODULES.get(m.get("type")) if isinstance(m, dict) else None for m in modules]
+  kinds = [_ST_MODULES.get(str(m.get("type"))) if isinstance(m, dict) else None for m in modules]
   if None in kinds or kinds[:2] != ["transformer", "pooling"] or kinds[2:] not in ([], ["normalize"]):
     types = [m.get("type") if isinstance(m, dict) else m for m in modules]
     raise ValueError(f"{modules_file}: the modules must be Transformer, Pooling and optionally Normalize "

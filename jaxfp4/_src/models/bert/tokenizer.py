@@ -205,7 +205,8 @@ class WordPieceTokenizer:
 
   def pre_tokenize(self, text: str) -> list[str]:
     """Step 4: words of normalized ``text``, each punctuation character a word."""
-    words, cur = [], []
+    words: list[str] = []
+    cur: list[str] = []
     for ch in text:
       if ch in _WHITESPACE or _is_punctuation(ch):
         if cur:

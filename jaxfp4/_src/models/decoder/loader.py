@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import jax.numpy as jnp
 from flax import nnx
@@ -119,7 +119,8 @@ def from_pretrained(
                            quantized=(jnp.zeros(info.shape, info.dtype), states[key]))
         except ValueError as e:
           raise ValueError(f"{path}: tensor {key!r}: {e}") from None
-      if quant_type is not None and not skipped(module, None):
+      # `skip` is a tuple of patterns here, which never look at the module (not built yet).
+      if quant_type is not None and not skipped(module, cast(Any, None)):
         return Dense4bit(in_features, out_features, use_bias=use_bias, dtype=dtype,
                          param_dtype=param_dtype, quant_type=quant_type, blocksize=blocksize,
                          compress_statistics=compress_statistics, implementation=implementation,
@@ -131,6 +132,7 @@ def from_pretrained(
         config, dtype=dtype, param_dtype=param_dtype, linear=linear, rngs=nnx.Rngs(0), remat=remat))
 
     def quantizer(key, w):
+      assert quant_type is not None  # only passed on when quant_type is set
       return quantize_4bit(jnp.asarray(w, param_dtype), quant_type=quant_type, blocksize=blocksize,
                            compress_statistics=compress_statistics)
 
@@ -140,7 +142,7 @@ def from_pretrained(
           config.tie_word_embeddings and key == "lm_head.weight")
 
     targets = None
-    if mesh is not None:
+    if mesh is not None and plan is not None:  # checked above: both or neither
       from jaxfp4._src.models.llama import parallel  # its plans name the decoder's projections
       parallel.check_plan(config, mesh, plan)
       targets = sharding_plan.assign(model, mesh, plan)
@@ -203,8 +205,8 @@ def save_pretrained(
                        f"(one quantization_config); the model has {sorted(states)}.")
     qt, _, nested, storage = next(iter(states))
     quantized_paths = set(hf_layout.quantized_layers(model))
-    skipped = sorted(p for p, n in nnx.iter_graph(model) for p in [".".join(map(str, p))]
-                     if isinstance(n, nnx.Linear) and p not in quantized_paths)
+    skipped = sorted(s for path, n in nnx.iter_graph(model) for s in [".".join(map(str, path))]
+                     if isinstance(n, nnx.Linear) and s not in quantized_paths)
     hf["quantization_config"] = checkpoint.bnb_quantization_config(
         quant_type=qt, compress_statistics=nested, compute_dtype=model.dtype.name,
         quant_storage=storage, skip_modules=[p.rsplit(".", 1)[-1] for p in skipped] and sorted(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from jaxfp4._src.models.decoder import loader
 from jaxfp4._src.models.llama.model import LlamaForCausalLM
@@ -29,7 +29,7 @@ def from_pretrained(path: str | os.PathLike, **options: Any) -> LlamaForCausalLM
   if "model_class" in options:
     raise ValueError("`model_class` is fixed to LlamaForCausalLM here; use "
                      "jaxfp4.models.decoder.from_pretrained to choose it.")
-  return loader.from_pretrained(path, model_class=LlamaForCausalLM, **options)
+  return cast(LlamaForCausalLM, loader.from_pretrained(path, model_class=LlamaForCausalLM, **options))
 
 
 def save_pretrained(model: LlamaForCausalLM, out_dir: str | os.PathLike, **options: Any) -> Path:

@@ -24,7 +24,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxfp4._src.models.llama.config import LlamaConfig
+from jaxfp4._src.models.decoder.config import DecoderConfig
 from jaxfp4._src.sharding.plan import ShardingPlan, shard_model
 
 COLUMN = r"\.(q_proj|k_proj|v_proj|gate_proj|up_proj)$"
@@ -71,7 +71,7 @@ def fsdp_plan(*, axis: str = "data", model_axis: str | None = None) -> ShardingP
   return ShardingPlan(rules=rules, model_axis=model_axis, data_axis=axis, fsdp=True)
 
 
-def check_plan(config: LlamaConfig, mesh: Mesh, plan: ShardingPlan) -> None:
+def check_plan(config: DecoderConfig, mesh: Mesh, plan: ShardingPlan) -> None:
   """Raises ValueError when the tensor-parallel axis does not divide the heads."""
   plan.check_mesh(mesh)
   if plan.model_axis is None:
@@ -95,7 +95,7 @@ def shard_llama(model: nnx.Module, mesh: Mesh, plan: ShardingPlan) -> nnx.Module
   Returns:
     ``model``.
   """
-  check_plan(model.config, mesh, plan)
+  check_plan(getattr(model, "config"), mesh, plan)  # a DecoderForCausalLM's config
   return shard_model(model, mesh, plan)
 
 
