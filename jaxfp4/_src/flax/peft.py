@@ -76,7 +76,15 @@ def save_adapters(model: nnx.Module, out_dir: str | os.PathLike, *,
     The directory.
 
   Example:
-    >>> jaxfp4.nnx.save_adapters(model, "adapter", base_model_name_or_path="org/base")  # doctest: +SKIP
+    >>> import tempfile
+    >>> from flax import nnx
+    >>> import jaxfp4.nnx
+    >>> model = nnx.Sequential(jaxfp4.nnx.Dense4bit(64, 64, lora_rank=4, rngs=nnx.Rngs(0)))
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> out = jaxfp4.nnx.save_adapters(model, tmp.name + "/adapter", base_model_name_or_path="org/base")
+    >>> sorted(f.name for f in out.iterdir())
+    ['adapter_config.json', 'adapter_model.safetensors']
+    >>> tmp.cleanup()
   """
   if not isinstance(model, nnx.Module):
     raise ValueError(f"`model` must be an nnx.Module, got {type(model).__name__}.")
@@ -160,7 +168,16 @@ def load_adapters(model: nnx.Module, path: str | os.PathLike, *, rngs: nnx.Rngs 
     ``model``.
 
   Example:
-    >>> jaxfp4.nnx.load_adapters(model, "adapter")                  # doctest: +SKIP
+    >>> import tempfile
+    >>> from flax import nnx
+    >>> import jaxfp4.nnx
+    >>> model = nnx.Sequential(jaxfp4.nnx.Dense4bit(64, 64, lora_rank=4, rngs=nnx.Rngs(0)))
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> out = jaxfp4.nnx.save_adapters(model, tmp.name + "/adapter")
+    >>> base = nnx.Sequential(jaxfp4.nnx.Dense4bit(64, 64, rngs=nnx.Rngs(0)))   # no adapters
+    >>> jaxfp4.nnx.load_adapters(base, out).layers[0].lora_rank
+    4
+    >>> tmp.cleanup()
   """
   if not isinstance(model, nnx.Module):
     raise ValueError(f"`model` must be an nnx.Module, got {type(model).__name__}.")

@@ -45,8 +45,14 @@ def resolve(
     The snapshot directory.
 
   Example:
-    >>> resolve("org/model", local_files_only=True)                 # doctest: +SKIP
-    PosixPath('~/.cache/huggingface/hub/models--org--model/snapshots/0123abcd...')
+    >>> import pathlib, tempfile
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> resolve(tmp.name) == pathlib.Path(tmp.name)   # a directory is used as it is
+    True
+    >>> tmp.cleanup()
+
+    A repo id (``resolve("Qwen/Qwen2.5-0.5B")``) returns its snapshot in the
+    hub cache, downloading it unless ``local_files_only``.
   """
   if not isinstance(path, (str, os.PathLike)):
     raise ValueError(f"`path` must be a directory or a Hub repo id, got {type(path).__name__}.")

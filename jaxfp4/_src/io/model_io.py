@@ -62,7 +62,17 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *,
     The path written.
 
   Example:
-    >>> jaxfp4.io.save_model("adapted.safetensors", model)     # doctest: +SKIP
+    >>> import tempfile
+    >>> from flax import nnx
+    >>> import jaxfp4.io, jaxfp4.nnx
+    >>> model = jaxfp4.nnx.Dense4bit(64, 32, lora_rank=4, rngs=nnx.Rngs(0))
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = jaxfp4.io.save_model(tmp.name + "/adapted.safetensors", model, progress=False)
+    >>> skeleton = nnx.eval_shape(lambda: jaxfp4.nnx.Dense4bit(64, 32, lora_rank=4, rngs=nnx.Rngs(1)))
+    >>> loaded = jaxfp4.io.load_model(path, skeleton, progress=False)
+    >>> bool((loaded.lora_a.get_value() == model.lora_a.get_value()).all())
+    True
+    >>> tmp.cleanup()
   """
   if not isinstance(model, nnx.Module):
     raise ValueError(f"`model` must be an nnx.Module, got {type(model).__name__}.")

@@ -59,8 +59,15 @@ class SafetensorsFile:
     path: the file.
 
   Example:
-    >>> with SafetensorsFile("model.safetensors") as f:   # doctest: +SKIP
+    >>> import tempfile, numpy as np, jaxfp4.io
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = jaxfp4.io.write_safetensors(tmp.name + "/model.safetensors",
+    ...                                    {"lm_head.weight": np.ones((4, 8), np.float32)})
+    >>> with jaxfp4.io.SafetensorsFile(path) as f:
     ...   w = f.get("lm_head.weight")
+    >>> w.shape, w.dtype
+    ((4, 8), dtype('float32'))
+    >>> tmp.cleanup()
   """
 
   def __init__(self, path: str | os.PathLike):

@@ -87,7 +87,13 @@ def write_pretrained(
     ``out_dir``.
 
   Example:
-    >>> write_pretrained("out", [("w", np.zeros(4))], config={}, max_shard_size="1KB")  # doctest: +SKIP
+    >>> import tempfile, numpy as np
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> out = write_pretrained(tmp.name + "/out", [("a", np.zeros(200)), ("b", np.zeros(200))],
+    ...                        config={}, max_shard_size="2KB")
+    >>> sorted(f.name for f in out.iterdir())
+    ['config.json', 'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json']
+    >>> tmp.cleanup()
   """
   out_dir = Path(out_dir)
   limit = parse_size(max_shard_size)

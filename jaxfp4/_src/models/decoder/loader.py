@@ -78,8 +78,19 @@ def from_pretrained(
     A ``model_class`` instance.
 
   Example:
-    >>> model = from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")      # doctest: +SKIP
-    >>> logits, _ = model(jnp.array([[1, 2, 3]]))                  # doctest: +SKIP
+    >>> import tempfile, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jaxfp4.models import decoder
+    >>> config = decoder.DecoderConfig(model_type="qwen2", vocab_size=128, hidden_size=64,
+    ...                                intermediate_size=128, num_hidden_layers=1, num_attention_heads=2)
+    >>> tmp = tempfile.TemporaryDirectory()   # a tiny random Qwen2, written as HF writes one
+    >>> path = decoder.save_pretrained(decoder.DecoderForCausalLM(config, rngs=nnx.Rngs(0)),
+    ...                                tmp.name + "/tiny", progress=False)
+    >>> model = decoder.from_pretrained(path, quant_type="nf4", progress=False)  # or a Hub repo id
+    >>> logits, _ = model(jnp.array([[1, 2, 3]]))
+    >>> logits.shape
+    (1, 3, 128)
+    >>> tmp.cleanup()
   """
   if (mesh is None) != (plan is None):
     raise ValueError("`mesh` and `plan` go together: give both to load the model sharded, or neither.")
@@ -179,7 +190,20 @@ def save_pretrained(
     The directory.
 
   Example:
-    >>> save_pretrained(model, "qwen-nf4", max_shard_size="2GB")      # doctest: +SKIP
+    >>> import tempfile, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jaxfp4.models import decoder
+    >>> config = decoder.DecoderConfig(model_type="qwen2", vocab_size=128, hidden_size=64,
+    ...                                intermediate_size=128, num_hidden_layers=1, num_attention_heads=2)
+    >>> tmp = tempfile.TemporaryDirectory()   # a tiny random Qwen2, written as HF writes one
+    >>> path = decoder.save_pretrained(decoder.DecoderForCausalLM(config, rngs=nnx.Rngs(0)),
+    ...                                tmp.name + "/tiny", progress=False)
+    >>> model = decoder.from_pretrained(path, quant_type="nf4", progress=False)
+    >>> out = decoder.save_pretrained(model, tmp.name + "/tiny-nf4", max_shard_size="40KB",
+    ...                               progress=False)
+    >>> (out / "model.safetensors.index.json").is_file()     # more than one shard
+    True
+    >>> tmp.cleanup()
   """
   if not isinstance(model, DecoderForCausalLM):
     raise ValueError(f"`model` must be a DecoderForCausalLM (or LlamaForCausalLM), got {type(model).__name__}.")
