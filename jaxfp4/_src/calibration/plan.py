@@ -103,10 +103,10 @@ class PrecisionPlan:
     cw = max([len(k) for k in keys] + [len(e.candidate) for e in self.entries] + [6])
     chosen = {e.candidate for e in self.entries}
     room = max(0, (width - (w + 2 + 10 + 2 + cw + 2 + 6 + 2)) // (cw + 3))
-    shown = [k for k in keys if k in chosen] + [k for k in keys if k not in chosen]
-    hidden = len(shown) - min(len(shown), max(room, len([k for k in keys if k in chosen])))
-    shown = set(shown[:len(shown) - hidden])
-    keys = [k for k in keys if k in shown]
+    order = [k for k in keys if k in chosen] + [k for k in keys if k not in chosen]
+    visible = set(order[:max(room, sum(k in chosen for k in keys))])  # the chosen always
+    hidden = len(order) - len(visible)
+    keys = [k for k in keys if k in visible]
     rows = [f"{'layer':<{w}}  {'params':>10}  {'chosen':<{cw}}  {'bits':>6}  "
             + "  ".join(f"{k:>{cw}}" for k in keys)]
     for e in self.entries:
