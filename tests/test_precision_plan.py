@@ -149,3 +149,15 @@ def test_docstring_examples_run():
   # calibrate's own example is plan_precision's first half; running both would only recompile.
   result = doctest.testmod(plan_module, optionflags=doctest.NORMALIZE_WHITESPACE)
   assert result.attempted > 0 and result.failed == 0
+
+
+def test_plan_table_fits_the_width(report):
+  plan = jaxfp4.plan_precision(report, bits_per_weight=4.6)
+  keys = list(next(iter(plan.sensitivities.values())))
+  wide = plan.table(width=1000)
+  assert all(k in wide.splitlines()[0] for k in keys) and "do not fit" not in wide
+  narrow = plan.table(width=60).splitlines()
+  header = narrow[0].split()
+  assert all(e.candidate in header for e in plan.entries)  # the chosen columns stay
+  assert len(header) - 4 < len(keys) and "do not fit 60 columns" in narrow[-1]
+  assert max(len(r) for r in narrow[:-1]) <= 60, narrow

@@ -25,6 +25,9 @@ from jaxfp4._src import quantize as q
 logger = logging.getLogger("jaxfp4")
 
 
+QUICK = dict(warmup=1, batches=3, per_batch=2)  # --quick: a smoke test, noisy numbers
+
+
 def time_call(fn: Callable, *args, warmup: int = 5, batches: int = 25,
               per_batch: int = 20) -> float:
   """Median seconds per call: batches of async calls, one sync per batch."""
@@ -67,7 +70,7 @@ def quant_bytes(n: int, itemsize: int, blocksize: int, scale_bytes: int) -> tupl
   return n * itemsize + stored, stored + n * itemsize
 
 
-def copy_bandwidths(x: jax.Array) -> dict[str, float]:
+def copy_bandwidths(x: jax.Array, *, quick: bool = False) -> dict[str, float]:
   """Bytes/s (read + write) of three passes that read and write ``x`` once.
 
   The roofline is the best of them: a plain device-to-device copy, an
@@ -82,13 +85,14 @@ def copy_bandwidths(x: jax.Array) -> dict[str, float]:
                     jnp.issubdtype(words.dtype, jnp.integer) else
                     jax.jit(lambda a: a + jnp.asarray(1, a.dtype)), words),
   }
-  return {k: 2 * x.nbytes / time_call(f, a) for k, (f, a) in fns.items()}
+  reps = QUICK if quick else {}
+  return {k: 2 * x.nbytes / time_call(f, a, **reps) for k, (f, a) in fns.items()}
 
 
 def run(shape=(8192, 8192), dtype=jnp.bfloat16, quant_types=("nf4", "fp4"),
         nested=(False, True), implementations=("xla", "pallas"),
         configs: dict | None = None, sweep_quant_types=("nf4",),
-        progress=None) -> tuple[float, list[Row]]:
+        progress=None, quick: bool = False) -> tuple[float, list[Row]]:
   """Times quantize and dequantize for each format and implementation.
 
   Args:
@@ -98,6 +102,7 @@ def run(shape=(8192, 8192), dtype=jnp.bfloat16, quant_types=("nf4", "fp4"),
       extra kernel configs to time as separate rows.
     sweep_quant_types: the formats the extra configs are timed for.
     progress: optional callable(str) told about each step.
+    quick: few repetitions (a smoke test; the numbers are noisy).
 
   Returns:
     (copy bandwidth in bytes/s, rows).
@@ -105,7 +110,7 @@ def run(shape=(8192, 8192), dtype=jnp.bfloat16, quant_types=("nf4", "fp4"),
   import pallas_kernels
   from jaxfp4._src import codec as codec_lib
   x = jax.random.normal(jax.random.key(0), shape, jnp.float32).astype(dtype)
-  copies = copy_bandwidths(x)
+  copies = copy_bandwidths(x, quick=quick)
   copy_bw = max(copies.values())
   if progress:
     progress("copy: " + ", ".join(f"{k} {v / 1e9:.0f} GB/s" for k, v in copies.items()))
@@ -125,17 +130,17 @@ def run(shape=(8192, 8192), dtype=jnp.bfloat16, quant_types=("nf4", "fp4"),
           progress(f"{tag} {impl}")
         fq = jax.jit(functools.partial(q.quantize_4bit, quant_type=qt,
                                        compress_statistics=dq, implementation=impl))
-        rows.append(_safe_row("quantize", tag, impl, fq, (x,), nbytes_q, copy_bw))
+        rows.append(_safe_row("quantize", tag, impl, fq, (x,), nbytes_q, copy_bw, quick))
         packed, state = jax.jit(functools.partial(q.quantize_4bit, quant_type=qt,
                                                   compress_statistics=dq,
                                                   implementation="xla"))(x)
         fd = jax.jit(functools.partial(q.dequantize_4bit, implementation=impl))
-        rows.append(_safe_row("dequantize", tag, impl, fd, (packed, state), nbytes_d, copy_bw))
+        rows.append(_safe_row("dequantize", tag, impl, fd, (packed, state), nbytes_d, copy_bw, quick))
       if dq or not configs or qt not in sweep_quant_types:
         continue
       c = codec_lib.codec_for(qt)
       blocks = x.reshape(-1, bs)
-      scalars = ()
+      scalars: tuple[jax.Array, ...] = ()
       if fmt.scale_kind == "e4m3":  # the per-tensor pass is timed in the "pallas" row
         scalars = codec_lib.nvfp4_global_scales(jnp.max(jnp.abs(x.astype(jnp.float32))))
       for cfg in configs.get("quantize", []):
@@ -154,9 +159,9 @@ def run(shape=(8192, 8192), dtype=jnp.bfloat16, quant_types=("nf4", "fp4"),
   return copy_bw, rows
 
 
-def _safe_row(op, tag, variant, fn, args, nbytes, copy_bw):
+def _safe_row(op, tag, variant, fn, args, nbytes, copy_bw, quick=False):
   try:
-    return Row(op, tag, variant, time_call(fn, *args), nbytes, copy_bw)
+    return Row(op, tag, variant, time_call(fn, *args, **(QUICK if quick else {})), nbytes, copy_bw)
   except Exception as e:  # a config that fails to compile is reported, not fatal
     logger.warning("%s %s %s failed: %s", op, tag, variant, repr(e)[:500])
     return Row(op, tag, variant + " FAILED", float("inf"), nbytes, copy_bw)

@@ -114,10 +114,11 @@ def run(shapes, ms, *, quant_type="nf4", formats_shape=None, format_ms=(), forma
     progress: optional callable(str).
   """
   on_gpu = jax.default_backend() == "gpu"
-  buf = jnp.zeros((64 if quick else 16384, 8192), jnp.bfloat16)
-  copy_bw = max(copy_bandwidths(buf).values())
+  # A CPU moves ~10 GB/s and does ~0.1 TFLOP/s: GPU-sized roofline passes take minutes there.
+  buf = jnp.zeros((64 if quick else 16384 if on_gpu else 1024, 8192), jnp.bfloat16)
+  copy_bw = max(copy_bandwidths(buf, quick=quick).values())
   del buf
-  peak = _bf16_peak(quick)
+  peak = _bf16_peak(quick or not on_gpu)
   rows: list[MatmulRow] = []
 
   def say(s):
@@ -170,7 +171,7 @@ def run(shapes, ms, *, quant_type="nf4", formats_shape=None, format_ms=(), forma
         add(shape, m, tag, "xla dequant+dot", t, wb, t16)
         # On a GPU: the default dispatch (named by the route it takes) and the
         # dequantize route beside it; elsewhere matmul_4bit is the jnp path.
-        routes = ((None, "matmul_4bit"),)
+        routes: tuple[tuple[str | None, str], ...] = ((None, "matmul_4bit"),)
         if on_gpu:
           fwd_route = product_lib.route(m, state, x.dtype, None, False)
           routes = ((None, f"matmul_4bit [{fwd_route}]"),)
@@ -224,14 +225,20 @@ def _safe_time(op, x, ws, quick):
 
 
 def format_table(copy_bw: float, peak: float, rows: list[MatmulRow]) -> str:
+  # Units follow the device's roofline: TB/s and TFLOP/s on a GPU, GB/s and
+  # GFLOP/s on a CPU (where the tera columns would read 0.00).
+  big_bw, big_flops = copy_bw >= 1e12, peak >= 1e12
+  bw_unit, bw_scale = ("TB/s", 1.0) if big_bw else ("GB/s", 1e3)
+  fl_unit, fl_scale = ("TFLOP/s", 1.0) if big_flops else ("GFLOP/s", 1e3)
   lines = [f"roofline: copy {copy_bw / 1e9:.0f} GB/s (read + write), bf16 GEMM "
-           f"{peak / 1e12:.0f} TFLOP/s (square bf16 dot_general), both measured in this run",
-           f"{'N x K':<12}{'M':>6}  {'format':<8}{'variant':<28}{'us':>9}{'TB/s':>7}"
-           f"{'TFLOP/s':>9}{'% roof':>8}{'vs bf16':>9}"]
+           f"{peak / 1e9:.0f} GFLOP/s (square bf16 dot_general), both measured in this run",
+           f"{'N x K':<12}{'M':>6}  {'format':<8}{'variant':<28}{'us':>9}{bw_unit:>8}"
+           f"{fl_unit:>9}{'% roof':>8}{'vs bf16':>9}"]
   for r in rows:
     d = r.as_dict()
     sp = f"{d['speedup_vs_bf16']:.2f}x" if d["speedup_vs_bf16"] else ""
+    bw, fl = d["TBps"] * bw_scale, d["TFLOPps"] * fl_scale
     lines.append(f"{f'{r.shape[0]}x{r.shape[1]}':<12}{r.m:>6}  {r.quant_type:<8}"
-                 f"{r.variant:<28}{d['us']:>9.1f}{d['TBps']:>7.2f}{d['TFLOPps']:>9.1f}"
+                 f"{r.variant:<28}{d['us']:>9.1f}{bw:>8.2f}{fl:>9.1f}"
                  f"{d['pct_roofline']:>7.1f}%{sp:>9}")
   return "\n".join(lines)

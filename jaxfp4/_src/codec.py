@@ -65,13 +65,16 @@ def block_amax(parts: list[jax.Array], nonfinite: str, axis: int = -1) -> jax.Ar
   A subnormal maximum is flushed to 0 (the inputs themselves are not: the
   encoder's multiply flushes them, see :meth:`BlockCodec.multiply`).
   """
-  m = None
+  if not parts:
+    raise ValueError("block_amax needs at least one array in `parts`.")
+  m: jax.Array | None = None
   for x in parts:
     a = _int_bits(x) & 0x7FFFFFFF
     if nonfinite == "bnb":
       a = jnp.where(a > _INF_BITS, -1, a)  # NaN: skipped
     pm = jnp.max(a, axis=axis)
     m = pm if m is None else jnp.maximum(m, pm)
+  assert m is not None
   m = jnp.where((m >= 0) & (m < _MIN_NORMAL_BITS), 0, m)
   if nonfinite == "bnb":
     m = jnp.where(m < 0, _NEG_FLT_MAX_BITS, m)
@@ -109,7 +112,8 @@ class BlockCodec:
 
   def tables(self) -> tuple[jax.Array, jax.Array]:
     """The bucket table as arrays (constants in XLA, kernel inputs in Pallas)."""
-    return tuple(jnp.asarray(a) for a in self.table.arrays())
+    base, thr = self.table.arrays()
+    return jnp.asarray(base), jnp.asarray(thr)
 
   def scaled(self, x: jax.Array, mult: jax.Array, multiply=None) -> jax.Array:
     """``x * mult`` (broadcast) as CUDA's ``mul.ftz.f32``.
@@ -222,7 +226,7 @@ def _nv_scale(amax, reciprocal, encode_div6, global_decode):
   return byte, mult
 
 
-_RULES = {
+_RULES: dict[str, tuple[ScaleFn, str]] = {
     "nf4": (_absmax_scale, "nf4"),
     "fp4": (_absmax_scale, "fp4"),
     "e2m1": (_e2m1_absmax_scale, "e2m1"),
@@ -231,7 +235,7 @@ _RULES = {
 }
 
 
-_KEEPING_HUGE = {_absmax_scale: _absmax_scale_keeping_huge,
+_KEEPING_HUGE: dict[ScaleFn, ScaleFn] = {_absmax_scale: _absmax_scale_keeping_huge,
                  _e2m1_absmax_scale: _e2m1_absmax_scale_keeping_huge}
 
 

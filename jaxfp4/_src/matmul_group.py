@@ -63,7 +63,7 @@ def _matmul_group_fwd(x, biases, datas, states, implementation):
 
 def _matmul_group_bwd(implementation, residuals, dys):
   biases, datas, states = residuals
-  dx = None
+  dx: jax.Array | None = None
   for dy, d, st in zip(dys, datas, states):
     part = product_lib.product(dy, d, st, None, implementation, transpose=True)
     dx = part.astype(jnp.float32) if dx is None else dx + part.astype(jnp.float32)
@@ -71,6 +71,7 @@ def _matmul_group_bwd(implementation, residuals, dys):
                   jnp.sum(dy.astype(jnp.float32), axis=0).astype(b.dtype)
                   for b, dy in zip(biases, dys))
   zero = product_lib.zero_cotangent
+  assert dx is not None  # a group has at least one weight
   return (dx.astype(dys[0].dtype), dbiases, tuple(zero(d) for d in datas),
           tuple(jax.tree_util.tree_map(zero, st) for st in states))
 

@@ -43,7 +43,8 @@ def kernel_weight(data: jax.Array, state: QuantState
     raw = jax.lax.bitcast_convert_type(state.absmax, jnp.uint8).reshape(n, nkb)
     return (pallas_kernels.PackedWeight(data, raw, table),
             pallas_kernels.WeightFormat(lut=lut, blocksize=bs, scale_kind="byte"))
-  if state.nested:
+  if state.state2 is not None:
+    assert state.offset is not None  # QuantState.validate: a nested state has its offset
     # The group scales go in as stored: a padded copy would cost a launch per
     # product (96 per Llama-8B decode step, docs/benchmarks.md).
     table = jnp.asarray(np.asarray(state.state2.code, np.float32))

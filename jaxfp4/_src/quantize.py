@@ -204,6 +204,7 @@ def decode_scale_bytes(raw: jax.Array, state: QuantState) -> jax.Array:
     # subnormal here. Byte 255 is the E8M0 NaN.
     scale = jnp.where(e == -127, 0.0, codec.pow2(jnp.clip(e, -126, 127)))
     return jnp.where(e == 128, pallas_kernels.canonical_nan(scale.shape), scale)
+  assert state.global_scale is not None  # QuantState.validate: every nvfp4 state has one
   return codec.flush_subnormals(raw.astype(jnp.float32) * state.global_scale)
 
 
@@ -213,7 +214,7 @@ def block_scales(state: QuantState) -> jax.Array:
   if fmt.scale_kind in ("e8m0", "e4m3"):
     return decode_scale_bytes(state.absmax.reshape(-1), state)
   absmax = state.absmax.reshape(-1)  # flat, also for a row-view state
-  if state.nested:
+  if state.state2 is not None:
     absmax = double_quant.decompress_absmax(
         absmax, state.offset, state.state2.absmax,
         code=np.asarray(state.state2.code, np.float32), blocksize=state.state2.blocksize)

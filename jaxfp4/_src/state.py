@@ -155,7 +155,7 @@ class QuantState:
       g = _concrete(self.global_scale)
       if g is not None and g.size == 1 and not (np.isfinite(g).all() and float(g.reshape(-1)[0]) > 0):
         raise ValueError(f"QuantState `global_scale` must be a positive finite float32, got {g.reshape(-1)[0]}.")
-    if self.nested and a.dtype == np.uint8:
+    if self.state2 is not None and a.dtype == np.uint8:
       a2, off = _concrete(self.state2.absmax), _concrete(self.offset)
       if a2 is None or off is None or a2.ndim != 1 or off.size != 1:
         return
@@ -198,7 +198,7 @@ class QuantState:
   def absmax_shapes(self) -> list[tuple[int, ...]]:
     """Allowed ``absmax`` shapes: flat, or ``[N, K / blocksize]`` (the row view that
     ``jaxfp4.sharding`` splits) when a 2-D weight's rows hold whole blocks."""
-    shapes = [(self.num_blocks,)]
+    shapes: list[tuple[int, ...]] = [(self.num_blocks,)]
     if len(self.shape) == 2 and self.shape[1] % self.blocksize == 0:
       shapes.append((self.shape[0], self.shape[1] // self.blocksize))
     return shapes
@@ -225,7 +225,7 @@ class QuantState:
                        f"{self.quant_type!r} (nested={self.nested}), got {self.absmax.dtype}.")
     if len(self.code) != 16:
       raise ValueError(f"QuantState `code` must have 16 entries, got {len(self.code)}.")
-    if self.nested:
+    if self.state2 is not None:
       if self.offset is None or tuple(jnp.shape(self.offset)) != ():
         raise ValueError("A nested QuantState needs a scalar float32 `offset`.")
       nb2 = -(-nb // self.state2.blocksize)
@@ -269,7 +269,7 @@ class QuantState:
       d["scale_dtype"] = "float8_e8m0fnu" if fmt.scale_kind == "e8m0" else "float8_e4m3fn"
     if self.global_scale is not None:
       d["global_scale"] = _host(self.global_scale, np.float32).reshape(1)
-    if self.nested:
+    if self.state2 is not None:
       d.update({
           "nested_absmax": _host(self.state2.absmax, np.float32),
           "nested_blocksize": self.state2.blocksize,

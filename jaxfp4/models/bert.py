@@ -6,10 +6,18 @@ Face directory; every linear layer is an ``nnx.Linear``, so
 ``jaxfp4.nnx.quantize_model`` makes them 4-bit.
 
 Example:
-  >>> from jaxfp4.models import bert                                  # doctest: +SKIP
-  >>> enc = bert.from_pretrained("all-MiniLM-L6-v2/")                 # doctest: +SKIP
-  >>> report = jaxfp4.nnx.quantize_model(enc.model, quant_type="nf4")  # doctest: +SKIP
-  >>> emb = enc.encode(["The cat slept.", "A kitten napped."])        # doctest: +SKIP
+  >>> from flax import nnx
+  >>> import jaxfp4.nnx
+  >>> from jaxfp4.models import bert
+  >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "dog", "."]
+  >>> config = bert.BertConfig(vocab_size=len(words), hidden_size=64, num_hidden_layers=1,
+  ...                          num_attention_heads=2, intermediate_size=128)
+  >>> enc = bert.SentenceEncoder(   # bert.from_pretrained("all-MiniLM-L6-v2/") gives the real one
+  ...     model=bert.BertModel(config, rngs=nnx.Rngs(0)),
+  ...     tokenizer=bert.WordPieceTokenizer({w: i for i, w in enumerate(words)}), normalize=True)
+  >>> report = jaxfp4.nnx.quantize_model(enc.model, quant_type="nf4")
+  >>> enc.encode(["A cat.", "A dog."]).shape
+  (2, 64)
 """
 
 from jaxfp4._src.models.bert.config import BertConfig as BertConfig

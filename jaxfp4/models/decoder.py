@@ -6,9 +6,19 @@ and features (MoE, YaRN/LongRoPE, partial rotary, multimodal) are refused with
 the reason. ``from_pretrained`` takes a directory or a Hub repo id.
 
 Example:
-  >>> from jaxfp4.models import decoder                              # doctest: +SKIP
-  >>> model = decoder.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct", quant_type="nf4")  # doctest: +SKIP
-  >>> tokens = decoder.generate(model, prompt_ids, max_new_tokens=32)  # doctest: +SKIP
+  >>> import tempfile, jax.numpy as jnp
+  >>> from flax import nnx
+  >>> from jaxfp4.models import decoder
+  >>> config = decoder.DecoderConfig(model_type="qwen2", vocab_size=128, hidden_size=64,
+  ...                                intermediate_size=128, num_hidden_layers=1, num_attention_heads=2)
+  >>> tmp = tempfile.TemporaryDirectory()   # a tiny random Qwen2 (a real one: a directory or Hub repo id)
+  >>> path = decoder.save_pretrained(decoder.DecoderForCausalLM(config, rngs=nnx.Rngs(0)),
+  ...                                tmp.name + "/tiny", progress=False)
+  >>> model = decoder.from_pretrained(path, quant_type="nf4", progress=False)
+  >>> prompt_ids = jnp.array([[1, 2, 3]])
+  >>> decoder.generate(model, prompt_ids, max_new_tokens=4).shape
+  (1, 7)
+  >>> tmp.cleanup()
 """
 
 from jaxfp4._src.models.decoder.config import DecoderConfig as DecoderConfig

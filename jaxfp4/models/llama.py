@@ -1,9 +1,19 @@
 """A compact Flax NNX Llama that loads Hugging Face checkpoints, dense or bitsandbytes 4-bit.
 
 Example:
-  >>> from jaxfp4.models import llama                              # doctest: +SKIP
-  >>> model = llama.from_pretrained("Llama-3.2-1B-bnb-4bit")       # doctest: +SKIP
-  >>> tokens = llama.generate(model, prompt_ids, max_new_tokens=32)  # doctest: +SKIP
+  >>> import tempfile, jax.numpy as jnp
+  >>> from flax import nnx
+  >>> from jaxfp4.models import llama
+  >>> config = llama.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
+  ...                            num_hidden_layers=1, num_attention_heads=2)
+  >>> tmp = tempfile.TemporaryDirectory()   # a tiny random Llama (a real one: e.g. Llama-3.2-1B-bnb-4bit/)
+  >>> path = llama.save_pretrained(llama.LlamaForCausalLM(config, rngs=nnx.Rngs(0)),
+  ...                              tmp.name + "/tiny", progress=False)
+  >>> model = llama.from_pretrained(path, quant_type="nf4", progress=False)
+  >>> prompt_ids = jnp.array([[1, 2, 3]])
+  >>> llama.generate(model, prompt_ids, max_new_tokens=4).shape
+  (1, 7)
+  >>> tmp.cleanup()
 """
 
 from jaxfp4._src.models.llama.config import LlamaConfig as LlamaConfig

@@ -77,6 +77,8 @@ def decode_ptx(lut: tuple[float, ...] | None, table_dtype, half: int, *, word: s
   immediates from ``lut``).
   """
   if table_operands is None:
+    if lut is None:
+      raise ValueError("decode_ptx needs `lut` when `table_operands` is None.")
     lo, hi = table_words(lut, table_dtype)
     t = tuple(f"{v:#x}" for v in lo + hi)
   else:
@@ -145,7 +147,7 @@ def emulate_ptx(ptx: str, inputs: dict[str, np.ndarray], *, lane_values=None) ->
   regs = {k: np.asarray(v, np.uint32) for k, v in inputs.items()}
 
   def val(tok: str) -> np.ndarray:
-    return regs[tok] if tok in regs else np.uint32(int(tok, 0))
+    return regs[tok] if tok in regs else np.asarray(int(tok, 0), np.uint32)
 
   for line in ptx.replace("{\n", "\n").splitlines():
     line = line.strip().rstrip(";")
@@ -153,9 +155,9 @@ def emulate_ptx(ptx: str, inputs: dict[str, np.ndarray], *, lane_values=None) ->
       continue
     op, args = line.split(None, 1)
     if op == "mov.b32" and args.startswith("{"):  # {lo16, hi16}, src
-      dst, src = args.split("}")
+      dst, word = args.split("}")
       lo, hi = [t.strip() for t in dst.strip("{ ").split(",")]
-      v = val(src.strip(" ,"))
+      v = val(word.strip(" ,"))
       regs[lo], regs[hi] = v & np.uint32(0xFFFF), v >> np.uint32(16)
       continue
     d, *src = [a.strip() for a in args.split(",")]
@@ -192,6 +194,7 @@ def _shfl_idx(b: np.ndarray, c: int, lane_values) -> np.ndarray:
     if out is not None and not np.array_equal(out, v):
       raise AssertionError("the two half-warps read different values")
     out = v
+  assert out is not None
   return out
 
 # --- whole 32-bit words (no 8-bit tensors in the kernel) ---------------------------
@@ -294,7 +297,7 @@ def decode_word_element(words: jax.Array, lut: tuple[float, ...], table_dtype, e
       word_element_ptx(lut, table_dtype, element, out16=out16), args=[words, *table],
       constraints=("=h" if out16 else "=r") + ",r" * 5, pack=1,
       result_shape_dtypes=[jax.ShapeDtypeStruct(words.shape, out_dtype)])
-  return r[0] if isinstance(r, (list, tuple)) else r
+  return _first(r)
 
 
 def table_values(lut: tuple[float, ...], table_dtype) -> np.ndarray:
@@ -314,6 +317,11 @@ def table_values(lut: tuple[float, ...], table_dtype) -> np.ndarray:
 SHFL_CLAMP = 0x100F
 
 
+def _first(r) -> jax.Array:
+  """The one result of ``elementwise_inline_asm`` (a list of one, or the array)."""
+  return r[0] if isinstance(r, (list, tuple)) else r
+
+
 def lane_id(like: jax.Array, *, interpret: bool) -> jax.Array:
   """int32 lane index of the thread holding each element (GPU), zeros otherwise."""
   zeros = jnp.zeros(like.shape, jnp.int32)
@@ -323,7 +331,7 @@ def lane_id(like: jax.Array, *, interpret: bool) -> jax.Array:
   r = plgpu.elementwise_inline_asm(
       "mov.u32 $0, %laneid;", args=[zeros], constraints="=r,r", pack=1,
       result_shape_dtypes=[jax.ShapeDtypeStruct(like.shape, jnp.int32)])
-  return r[0] if isinstance(r, (list, tuple)) else r
+  return _first(r)
 
 
 def shfl_element_ptx(element: int) -> str:
@@ -351,7 +359,7 @@ def shfl_element(words: jax.Array, lut: tuple[float, ...], element: int, *, tabl
       shfl_element_ptx(element), args=[words, jax.lax.bitcast_convert_type(table, jnp.uint32)],
       constraints="=r,r,r", pack=1,
       result_shape_dtypes=[jax.ShapeDtypeStruct(words.shape, jnp.float32)])
-  return r[0] if isinstance(r, (list, tuple)) else r
+  return _first(r)
 
 
 # --- the table operand of a kernel, for either decode ---------------------------------

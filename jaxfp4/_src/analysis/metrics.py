@@ -346,7 +346,31 @@ def compare_formats(
 
 
 def _num(v: float, spec: str) -> str:
+  if math.isnan(v):
+    return "n/a"  # see table_notes: no nonzero input, so no relative error
   return f"{v:{spec}}" if math.isfinite(v) else str(v)
+
+
+def table_notes(reports: Sequence[ErrorReport]) -> str:
+  """What the columns of :func:`format_table` mean, and why a row shows ``n/a`` or ``inf``.
+
+  Example:
+    >>> import numpy as np
+    >>> from jaxfp4._src.analysis.metrics import compare_formats, table_notes
+    >>> print(table_notes(compare_formats(np.zeros(64, np.float32), ["nf4"])).splitlines()[-1])
+    n/a: the tensor has no nonzero value, so its relative error is undefined.
+  """
+  lines = [
+      "MAE, RMSE, max abs: |x - x_hat| in the input's units. mean rel, max rel: |x - x_hat| / |x| over",
+      "the nonzero x, as a fraction (0.25 = 25%). SQNR: 10 log10(sum x^2 / sum (x - x_hat)^2).",
+      "bits/w: stored bits per weight (packed codes + scales). ratio: input bytes / stored bytes.",
+      "levels: distinct decoded values in the whole tensor (each block scale gives at most 16).",
+  ]
+  if any(r.sqnr_db == math.inf for r in reports):
+    lines.append("SQNR inf: the tensor decodes exactly (e.g. all zeros).")
+  if any(math.isnan(r.mean_rel_error) for r in reports):
+    lines.append("n/a: the tensor has no nonzero value, so its relative error is undefined.")
+  return "\n".join(lines)
 
 
 def format_table(

@@ -123,7 +123,7 @@ def store(cand: Candidate, kernel: jax.Array, *, input_rms: np.ndarray | None = 
     return Stored(kernel.astype(jnp.float32), int(kernel.size * kernel.dtype.itemsize))
   if cand.base == "bf16":
     return Stored(kernel.astype(jnp.bfloat16).astype(jnp.float32), int(kernel.size * 2))
-  opts = dict(quant_type=cand.base, blocksize=cand.blocksize, compress_statistics=cand.dq)
+  opts: dict[str, Any] = dict(quant_type=cand.base, blocksize=cand.blocksize, compress_statistics=cand.dq)
   cols = None
   if cand.outliers:
     index = select_outlier_columns(
@@ -164,6 +164,6 @@ def module_for(linear: nnx.Linear, stored: Stored) -> nnx.Module | None:
   new = nnx.Linear(linear.in_features, linear.out_features, use_bias=linear.bias is not None,
                    dtype=linear.dtype or kernel.dtype, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
   new.kernel.set_value(kernel.astype(jnp.bfloat16))
-  if linear.bias is not None:
+  if linear.bias is not None and new.bias is not None:
     new.bias.set_value(linear.bias.get_value())
   return new

@@ -207,4 +207,4 @@ def quantize_rows_clipped(w: jax.Array, clip_rows: Any, **kwargs: Any) -> tuple[
   """:func:`quantize_4bit_clipped` with one ratio per row of ``W[out, in]``."""
   bs = formats.resolve_blocksize(formats.get_format(kwargs.get("quant_type", "nf4")), kwargs.get("blocksize"))
   kwargs["blocksize"] = bs
-  return quantize_4bit_clipped(w, clip=row_clip_to_blocks(np.asarray(clip_rows), w.shape, bs), **kwargs)
+  return quantize_4bit_clipped(w, clip=row_clip_to_blocks(np.asarray(clip_rows), (w.shape[0], w.shape[1]), bs), **kwargs)

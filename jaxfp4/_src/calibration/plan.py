@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -85,9 +86,27 @@ class PrecisionPlan:
     raise KeyError(path)
 
   def __str__(self) -> str:
+    return self.table()
+
+  def table(self, width: int | None = None) -> str:
+    """The plan as text: one row per layer with its format and the sensitivities.
+
+    Args:
+      width: characters per line (default: the terminal's, 80 when not a
+        terminal). Sensitivity columns that do not fit are left out, the
+        chosen formats' first; the last line says how many (``to_dict`` has them all).
+    """
+    if width is None:
+      width = shutil.get_terminal_size().columns
     keys = list(next(iter(self.sensitivities.values()))) if self.sensitivities else []
     w = max([len(e.path) for e in self.entries] + [5])
     cw = max([len(k) for k in keys] + [len(e.candidate) for e in self.entries] + [6])
+    chosen = {e.candidate for e in self.entries}
+    room = max(0, (width - (w + 2 + 10 + 2 + cw + 2 + 6 + 2)) // (cw + 3))
+    order = [k for k in keys if k in chosen] + [k for k in keys if k not in chosen]
+    visible = set(order[:max(room, sum(k in chosen for k in keys))])  # the chosen always
+    hidden = len(order) - len(visible)
+    keys = [k for k in keys if k in visible]
     rows = [f"{'layer':<{w}}  {'params':>10}  {'chosen':<{cw}}  {'bits':>6}  "
             + "  ".join(f"{k:>{cw}}" for k in keys)]
     for e in self.entries:
@@ -98,8 +117,12 @@ class PrecisionPlan:
     for e in self.entries:
       counts[e.candidate] = counts.get(e.candidate, 0) + 1
     rows.append(f"{len(self.entries)} layers, {self.params:,} weights: {self.bits_per_weight:.3f} bits/weight "
-                f"(budget {self.budget_bits:g}), summed sensitivity {self.sensitivity:.4e}; "
+                f"(budget {self.budget_bits:g})")
+    rows.append(f"summed sensitivity {self.sensitivity:.4e}; "
                 + ", ".join(f"{k} x{v}" for k, v in counts.items()) + "  (* = chosen)")
+    if hidden:
+      rows.append(f"{hidden} more candidates' sensitivities do not fit {width} columns "
+                  "(the plan's JSON has them)")
     return "\n".join(rows)
 
   def to_dict(self) -> dict[str, Any]:

@@ -119,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         [r for _, _, r in rows],
         leading={"tensor": [n for n, _, _ in rows], "shape": [s for _, s, _ in rows],
                  "dtype": [r.dtype for _, _, r in rows]}))
+    print()
+    print(metrics.table_notes([r for _, _, r in rows]))
   else:
     print("no float tensors analyzed")
   print()

@@ -12,17 +12,21 @@ GPU_SHAPES = "4096x4096,8192x8192,14336x4096,4096x14336"
 GPU_MS = "1,2,4,8,16,32,64,128,512,2048,8192"
 CPU_SHAPES = "1024x1024"
 CPU_MS = "1,16,128"
+GPU_SHAPE = "8192,8192"
+CPU_SHAPE = "1024,1024"
 
 
 def add_parser(sub) -> None:
   p = sub.add_parser(
       "bench", help="time quantize/dequantize and matmul_4bit against their rooflines",
       description="Times quantize_4bit and dequantize_4bit (XLA path and Pallas kernel) "
-                  "on one weight and reports GB/s and %% of this device's copy bandwidth; "
+                  "on one weight and reports GB/s and % of this device's copy bandwidth; "
                   "then times matmul_4bit (forward and input gradient) next to JAX bf16 "
                   "dot_general and dequantize-then-dot over token counts M and weight "
-                  "shapes, with %% of the measured roofline and the speedup over bf16.")
-  p.add_argument("--shape", default="8192,8192", help="weight shape, e.g. 8192,8192")
+                  "shapes, with % of the measured roofline and the speedup over bf16. "
+                  "Defaults are sized for the device: GPU-sized weights take minutes on a CPU.")
+  p.add_argument("--shape", default=None,
+                 help=f"weight shape of the quantize table; default on a GPU {GPU_SHAPE}, on a CPU {CPU_SHAPE}")
   p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
   p.add_argument("--quant-types", default="nf4,fp4,e2m1,mxfp4,nvfp4",
                  help="comma-separated quant types")
@@ -38,12 +42,14 @@ def add_parser(sub) -> None:
                  help=f"token counts M of the matmul table; default on a GPU {GPU_MS}, "
                       f"on a CPU {CPU_MS}")
   p.add_argument("--format-types", default="nf4+dq,fp4,e2m1,mxfp4,nvfp4",
-                 help="formats compared with nf4 on the 8192x8192 weight (+dq: nested)")
+                 help="formats compared with nf4 on the 8192x8192 weight, or the first matmul "
+                      "shape when that one is not timed (+dq: nested)")
   p.add_argument("--format-ms", default="1,16,128", help="M values of the format comparison")
   p.add_argument("--no-backward", action="store_true", help="skip the input-gradient rows")
   p.add_argument("--sweep-matmul", default="", metavar="MS",
                  help="also time every candidate matmul kernel config at these M (GPU)")
-  p.add_argument("--quick", action="store_true", help="few repetitions (smoke test)")
+  p.add_argument("--quick", action="store_true",
+                 help="few repetitions in every table (a smoke test: the numbers are noisy)")
   p.set_defaults(run=run, parser=p)
 
 
@@ -57,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
   from jaxfp4._src.cli.paths import write_text
   from jaxfp4._src.progress import bar as progress_bar
   check_writable(args.parser, "--json", args.json)
-  shape = tuple(int(s) for s in args.shape.split(","))
+  gpu = jax.default_backend() == "gpu"
+  shape = tuple(int(s) for s in (args.shape or (GPU_SHAPE if gpu else CPU_SHAPE)).split(","))
   qts = [q.strip() for q in args.quant_types.split(",") if q.strip()]
   for qt in qts:
     formats.get_format(qt)
@@ -73,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
     from pallas_kernels._src.quantize_4bit import config as qcfg
     del pallas_kernels
     configs = {"quantize": qcfg.candidate_configs(64), "dequantize": dcfg.candidate_configs(64)}
-  gpu = jax.default_backend() == "gpu"
   ms = [int(m) for m in (args.ms or (GPU_MS if gpu else CPU_MS)).split(",") if m.strip()]
   shapes_arg = args.matmul_shapes or (GPU_SHAPES if gpu else CPU_SHAPES)
   mshapes = [tuple(int(v) for v in s.lower().split("x")) for s in shapes_arg.split(",")
@@ -95,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
   tables = []
   if not args.skip_quantize:
     copy_bw, rows = bench.run(shape, jnp.dtype(args.dtype), tuple(qts), (False, True), impls,
-                              configs, sweep, progress=progress)
+                              configs, sweep, progress=progress, quick=args.quick)
     tables.append(f"weight {shape} {args.dtype}\n" + bench.format_table(copy_bw, rows))
     result.update({"shape": shape, "dtype": args.dtype, "copy_GBps": copy_bw / 1e9,
                    "rows": [r.as_dict() for r in rows]})

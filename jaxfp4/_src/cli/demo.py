@@ -82,8 +82,9 @@ def add_parser(sub) -> None:
                       "supports it (nf4, fp4, e2m1)")
   p.add_argument("--output", default="fp4_quantization_analysis.png",
                  help="figure path (default: %(default)s)")
-  p.add_argument("--figure-types", type=quant_type_list, default="fp4,nf4",
-                 help="comma-separated formats drawn in the figure (default: %(default)s)")
+  p.add_argument("--figure-types", type=quant_type_list, default=None,
+                 help="comma-separated formats drawn in the figure (default: those of fp4,nf4 "
+                      "in --quant-types, else the first two of --quant-types)")
   p.add_argument("--json", default=None, metavar="PATH",
                  help="also write the input summary and the reports as JSON here")
   p.set_defaults(run=run, parser=p)
@@ -100,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     parser.error(f"--size must be at least 1, got {args.size}")
   if not (math.isfinite(args.std) and args.std >= 0):
     parser.error(f"--std must be a finite number >= 0, got {args.std}")
+  if args.figure_types is None:  # the seed's pair, but only formats the table shows
+    args.figure_types = [q for q in ("fp4", "nf4") if q in args.quant_types] or args.quant_types[:2]
   check_options(parser, args.quant_types + args.figure_types, args.blocksize)
   check_writable(parser, "--output", args.output)
   check_writable(parser, "--json", args.json)
@@ -121,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     if qt in args.figure_types:
       deq[qt] = d
   print(metrics.format_table(reports))
+  print()
+  print(metrics.table_notes(reports))
   print()
   for r in reports:
     print(f"{r.quant_type:>6}: {r.bytes_before} bytes -> {r.packed_bytes} bytes packed + "

@@ -21,7 +21,7 @@ class CommandError(Exception):
 
 def _read_files(inputs: Iterable[str | os.PathLike]) -> list[pathlib.Path]:
   """The files a command reads: each input file, and every file of an input folder."""
-  out = []
+  out: list[pathlib.Path] = []
   for p in inputs:
     p = pathlib.Path(p)
     if p.is_dir():

@@ -10,7 +10,7 @@ two without re-packing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -171,8 +171,8 @@ def requantize_like(w: jax.Array, state: QuantState, packed: jax.Array,
                     outliers: OutlierColumns | None = None):
   """Quantizes ``w`` with the same format, block size, nesting, storage (and kept columns)."""
   w = w.astype(state.dtype)
-  opts = dict(quant_type=state.quant_type, blocksize=state.blocksize,
-              compress_statistics=state.nested, quant_storage=packed.dtype)
+  opts: dict[str, Any] = dict(quant_type=state.quant_type, blocksize=state.blocksize,
+                              compress_statistics=state.nested, quant_storage=packed.dtype)
   if outliers is None:
     return (*quantize_4bit(w, **opts), None)
   kept = OutlierColumns(index=outliers.index, values=w[:, outliers.index].astype(outliers.values.dtype))

@@ -91,6 +91,7 @@ def load_hf_weights(
     if kind in ("packed", "state"):
       if key not in ckpt:
         raise ValueError(f"{ckpt.path}: missing tensor {key!r}.")
+      packed: Any
       if checkpoint.group_keys(key, ckpt.keys()):
         packed, state = ckpt.get_4bit(key)
       elif quantizer is not None:
@@ -128,8 +129,9 @@ def load_hf_weights(
     used.add(key)
     if isinstance(target, NamedSharding):
       # np.array copies each slice, so no device buffer ever aliases the file's memory map.
-      var.set_value(jax.make_array_from_callback(
-          array.shape, target, lambda idx, a=array, dt=want: np.array(a[idx], dt)))
+      def read(idx: Any, a: Any = array, dt: Any = want) -> np.ndarray:
+        return np.array(a[idx], dt)
+      var.set_value(jax.make_array_from_callback(array.shape, target, read))
     else:
       var.set_value(jnp.asarray(array, want))
   extra = sorted(k for k in set(ckpt.keys()) - used if not ignore(k))

@@ -69,8 +69,8 @@ class Dense4bit(nn.Module):
     scale = dense.check_lora(self.lora_rank, self.lora_alpha, self.lora_dropout)
     in_features = jnp.shape(x)[-1]
     if self.has_variable(QUANTIZED, "weight"):
-      packed = self.get_variable(QUANTIZED, "weight")
-      state = self.get_variable(QUANTIZED, "quant_state")
+      packed: Any = self.get_variable(QUANTIZED, "weight")
+      state: Any = self.get_variable(QUANTIZED, "quant_state")
       if isinstance(state, QuantState) and in_features != state.shape[1]:
         raise ValueError(f"Input `x` must have last dim {state.shape[1]} (in_features), got shape "
                          f"{jnp.shape(x)}.")

@@ -32,9 +32,9 @@ from jaxfp4._src.version import __version__
 FORMAT = "jaxfp4"
 
 
-def _entries(model: nnx.Module) -> dict[str, tuple[str, nnx.Variable]]:
-  """Maps each variable to its key; a 4-bit (weight, quant_state) pair shares ``P.weight``."""
-  out = {}
+def _entries(model: nnx.Module) -> dict[str, tuple[str, str, nnx.Variable]]:
+  """Maps each variable to ``(kind, key, variable)``; a 4-bit (weight, quant_state) pair shares ``P.weight``."""
+  out: dict[str, tuple[str, str, nnx.Variable]] = {}
   for module, leaf, var in unique_variables(model):
     name = f"{module}.{leaf}" if module else leaf
     value = var.get_value()
@@ -62,7 +62,17 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *,
     The path written.
 
   Example:
-    >>> jaxfp4.io.save_model("adapted.safetensors", model)     # doctest: +SKIP
+    >>> import tempfile
+    >>> from flax import nnx
+    >>> import jaxfp4.io, jaxfp4.nnx
+    >>> model = jaxfp4.nnx.Dense4bit(64, 32, lora_rank=4, rngs=nnx.Rngs(0))
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = jaxfp4.io.save_model(tmp.name + "/adapted.safetensors", model, progress=False)
+    >>> skeleton = nnx.eval_shape(lambda: jaxfp4.nnx.Dense4bit(64, 32, lora_rank=4, rngs=nnx.Rngs(1)))
+    >>> loaded = jaxfp4.io.load_model(path, skeleton, progress=False)
+    >>> bool((loaded.lora_a.get_value() == model.lora_a.get_value()).all())
+    True
+    >>> tmp.cleanup()
   """
   if not isinstance(model, nnx.Module):
     raise ValueError(f"`model` must be an nnx.Module, got {type(model).__name__}.")
@@ -142,7 +152,7 @@ def load_model(path: str | os.PathLike, model: nnx.Module, *, progress: bool = F
   return model
 
 
-def check_array_like(key: str, array: np.ndarray, like: Any) -> None:
+def check_array_like(key: str, array: Any, like: Any) -> None:
   """Raises ValueError naming ``key`` if ``array`` differs from ``like`` in shape or dtype."""
   shape, dtype = tuple(jnp.shape(like)), jnp.dtype(like.dtype)
   if tuple(array.shape) != shape:

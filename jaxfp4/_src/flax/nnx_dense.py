@@ -120,8 +120,11 @@ class Dense4bit(nnx.Module):
     self.quant_state = QuantizedWeight(state)
     self.outliers = QuantizedWeight(outliers) if outliers is not None else None
     self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
-    self.lora_rank, self.lora_alpha, self.lora_scale, self.use_rslora = 0, None, 0.0, False
-    self.lora_a, self.lora_b, self.lora_dropout = nnx.data(None), nnx.data(None), nnx.data(None)
+    self.lora_rank, self.lora_scale, self.use_rslora = 0, 0.0, False
+    self.lora_alpha: float | None = None
+    self.lora_a: nnx.Variable | None = nnx.data(None)
+    self.lora_b: nnx.Variable | None = nnx.data(None)
+    self.lora_dropout: nnx.Dropout | None = nnx.data(None)
     self.set_lora(lora_rank, alpha=lora_alpha, dropout=lora_dropout,
                   param_type=lora_param_type, rngs=rngs)
 
@@ -138,12 +141,14 @@ class Dense4bit(nnx.Module):
     scale = dense.check_lora(rank, alpha, dropout)
     if use_rslora and rank:
       scale = scale * rank / rank**0.5
-    if rank and rngs is None:
-      raise ValueError("`rngs` is required to initialize LoRA adapters (rank > 0).")
     dt = self.param_dtype
-    self.lora_a = param_type(default_lora_a_init(rngs.params(), (self.in_features, rank), dt)) if rank else None
-    self.lora_b = param_type(jnp.zeros((rank, self.out_features), dt)) if rank else None
-    self.lora_dropout = nnx.Dropout(dropout, rngs=rngs) if rank and dropout else None
+    self.lora_a = self.lora_b = self.lora_dropout = None
+    if rank:
+      if rngs is None:
+        raise ValueError("`rngs` is required to initialize LoRA adapters (rank > 0).")
+      self.lora_a = param_type(default_lora_a_init(rngs.params(), (self.in_features, rank), dt))
+      self.lora_b = param_type(jnp.zeros((rank, self.out_features), dt))
+      self.lora_dropout = nnx.Dropout(dropout, rngs=rngs) if dropout else None
     self.lora_rank, self.lora_alpha, self.lora_scale = rank, (alpha if rank else None), scale
     self.use_rslora = bool(use_rslora and rank)
 
@@ -236,13 +241,14 @@ def apply_shared_input(layers: Sequence[nnx.Module], x: jax.Array) -> tuple[jax.
     [(1, 32), (1, 16)]
   """
   layers = tuple(layers)
-  first = layers[0] if layers else None
-  if len(layers) < 2 or not all(
-      isinstance(layer, Dense4bit) and layer.outliers is None and layer.sharding is None
+  group = [layer for layer in layers if isinstance(layer, Dense4bit)]
+  first = group[0] if group else None
+  if first is None or len(layers) < 2 or len(group) != len(layers) or not all(
+      layer.outliers is None and layer.sharding is None
       and layer.dtype == first.dtype and layer.implementation == first.implementation
-      for layer in layers):
+      for layer in group):
     return tuple(layer(x) for layer in layers)
-  return dense.dense_4bit_group(x, [layer._arrays() for layer in layers], dtype=first.dtype,
+  return dense.dense_4bit_group(x, [layer._arrays() for layer in group], dtype=first.dtype,
                                 implementation=first.implementation)
 
 
@@ -270,11 +276,12 @@ def merge_lora(module: nnx.Module) -> nnx.Module:
     raise ValueError(f"`module` must be an nnx.Module, got {type(module).__name__}.")
   layers = [node for _, node in nnx.iter_graph(module) if isinstance(node, Dense4bit)]
   for layer in {id(l): l for l in layers}.values():
-    if not layer.lora_rank:
+    lora_a, lora_b = layer.lora_a, layer.lora_b
+    if not layer.lora_rank or lora_a is None or lora_b is None:
       continue
     packed, state = layer.weight.get_value(), layer.quant_state.get_value()
     outliers = None if layer.outliers is None else layer.outliers.get_value()
-    w = dense.merged_weight(packed, state, layer.lora_a.get_value(), layer.lora_b.get_value(),
+    w = dense.merged_weight(packed, state, lora_a.get_value(), lora_b.get_value(),
                             layer.lora_scale, outliers)
     packed, state, outliers = dense.requantize_like(w, state, packed, outliers)
     if layer.sharding is not None:
@@ -282,7 +289,7 @@ def merge_lora(module: nnx.Module) -> nnx.Module:
       packed, state = shard_4bit(packed, state, layer.sharding)
     layer.weight.set_value(packed)
     layer.quant_state.set_value(state)
-    if outliers is not None:
+    if outliers is not None and layer.outliers is not None:
       layer.outliers.set_value(outliers)
     layer.set_lora(0)
   return module

@@ -80,7 +80,15 @@ def save_adapters(model: nnx.Module, out_dir: str | os.PathLike, *,
     The directory.
 
   Example:
-    >>> jaxfp4.nnx.save_adapters(model, "adapter", base_model_name_or_path="org/base")  # doctest: +SKIP
+    >>> import tempfile
+    >>> from flax import nnx
+    >>> import jaxfp4.nnx
+    >>> model = nnx.Sequential(jaxfp4.nnx.Dense4bit(64, 64, lora_rank=4, rngs=nnx.Rngs(0)))
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> out = jaxfp4.nnx.save_adapters(model, tmp.name + "/adapter", base_model_name_or_path="org/base")
+    >>> sorted(f.name for f in out.iterdir())
+    ['adapter_config.json', 'adapter_model.safetensors']
+    >>> tmp.cleanup()
   """
   if not isinstance(model, nnx.Module):
     raise ValueError(f"`model` must be an nnx.Module, got {type(model).__name__}.")
@@ -106,6 +114,7 @@ def save_adapters(model: nnx.Module, out_dir: str | os.PathLike, *,
 
   def tensors():
     for p, l in sorted(adapted.items()):
+      assert l.lora_a is not None and l.lora_b is not None  # adapted: layers with lora_rank > 0
       yield f"{PREFIX}{p}.lora_A.weight", np.ascontiguousarray(np.asarray(jax.device_get(l.lora_a.get_value())).T)
       yield f"{PREFIX}{p}.lora_B.weight", np.ascontiguousarray(np.asarray(jax.device_get(l.lora_b.get_value())).T)
 
@@ -163,7 +172,16 @@ def load_adapters(model: nnx.Module, path: str | os.PathLike, *, rngs: nnx.Rngs 
     ``model``.
 
   Example:
-    >>> jaxfp4.nnx.load_adapters(model, "adapter")                  # doctest: +SKIP
+    >>> import tempfile
+    >>> from flax import nnx
+    >>> import jaxfp4.nnx
+    >>> model = nnx.Sequential(jaxfp4.nnx.Dense4bit(64, 64, lora_rank=4, rngs=nnx.Rngs(0)))
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> out = jaxfp4.nnx.save_adapters(model, tmp.name + "/adapter")
+    >>> base = nnx.Sequential(jaxfp4.nnx.Dense4bit(64, 64, rngs=nnx.Rngs(0)))   # no adapters
+    >>> jaxfp4.nnx.load_adapters(base, out).layers[0].lora_rank
+    4
+    >>> tmp.cleanup()
   """
   if not isinstance(model, nnx.Module):
     raise ValueError(f"`model` must be an nnx.Module, got {type(model).__name__}.")
@@ -197,6 +215,7 @@ def load_adapters(model: nnx.Module, path: str | os.PathLike, *, rngs: nnx.Rngs 
                        f"of [in={layer.in_features}, out={layer.out_features}] (want [r, in] and [out, r]).")
     layer.set_lora(r, alpha=alpha, dropout=float(cfg.get("lora_dropout") or 0.0), rngs=rngs,
                    use_rslora=bool(cfg.get("use_rslora")))
+    assert layer.lora_a is not None and layer.lora_b is not None  # set_lora(r > 0) made them
     dt = layer.lora_a.get_value().dtype
     layer.lora_a.set_value(jnp.asarray(a.T, dt))
     layer.lora_b.set_value(jnp.asarray(b.T, dt))

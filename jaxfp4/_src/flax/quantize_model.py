@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxfp4._src.flax.nnx_dense import Dense4bit, target_matcher
@@ -34,6 +35,7 @@ class LayerReport:
   bytes_before: int
   bytes_after: int
   kept_because: str = ""
+  format: str = ""  # e.g. "nf4+dq@64" (quant type, nested absmax, block size), "bfloat16", "kept"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,16 +61,30 @@ class QuantizeReport:
 
   def __str__(self) -> str:
     w = max([len(l.path) for l in self.layers] + [5])
-    rows = [f"{'layer':<{w}}  {'shape [in, out]':>16}  {'format':>8}  {'bytes before':>13}  {'bytes after':>12}"]
-    for l in self.layers:
+    names = [l.format or ("4-bit" if l.quantized else "kept") for l in self.layers]
+    fw = max([len(n) for n in names] + [6])
+    rows = [f"{'layer':<{w}}  {'shape [in, out]':>16}  {'format':<{fw}}  {'bytes before':>13}  {'bytes after':>12}"]
+    for l, name in zip(self.layers, names):
       shape = f"[{l.in_features}, {l.out_features}]"
-      rows.append(f"{l.path:<{w}}  {shape:>16}  {'4-bit' if l.quantized else 'kept':>8}  "
+      rows.append(f"{l.path:<{w}}  {shape:>16}  {name:<{fw}}  "
                   f"{l.bytes_before:>13,}  {l.bytes_after:>12,}")
     rows += [f"kept {l.path}: {l.kept_because}" for l in self.layers if l.kept_because]
     rows.append(f"{self.num_quantized} of {len(self.layers)} linear layers quantized; "
                 f"{self.params:,} parameters; model {self.bytes_before:,} -> {self.bytes_after:,} bytes "
                 f"({self.ratio:.3f}x)")
     return "\n".join(rows)
+
+
+def _format_name(new: nnx.Module | None) -> str:
+  """How a replaced layer stores its weight, e.g. ``"nf4+dq@64"`` or ``"bfloat16"``."""
+  if new is None:
+    return "kept"
+  if isinstance(new, Dense4bit):
+    state = new.quant_state.get_value()
+    name = f"{state.quant_type}{'+dq' if state.nested else ''}@{state.blocksize}"
+    return name + ("+outliers" if new.outliers is not None else "")
+  kernel = getattr(new, "kernel", None)
+  return jnp.dtype(kernel.get_value().dtype).name if kernel is not None else type(new).__name__
 
 
 def _nbytes(leaf) -> int:
@@ -211,14 +227,15 @@ def quantize_model(
 
   # A plan's bf16 layers are replaced too, but by an nnx.Linear: not 4-bit.
   rows = [LayerReport(name, linear.in_features, linear.out_features, isinstance(new, Dense4bit),
-                      state_nbytes(linear), state_nbytes(linear if new is None else new))
+                      state_nbytes(linear), state_nbytes(linear if new is None else new),
+                      format=_format_name(new))
           for name, linear, new in replace_linears(model, make)]
   rows += _kept_general(model, match)
   return QuantizeReport(tuple(rows), int(params), bytes_before, state_nbytes(model))
 
 
 # Layers quantize_model sees but does not convert, and why (reported, never silent).
-_KEPT = {
+_KEPT: dict[type, str] = {
     nnx.LinearGeneral: "nnx.LinearGeneral is kept in high precision: its multi-axis kernel is not converted "
                        "(reshape it to an nnx.Linear to quantize it)",
     nnx.Einsum: "nnx.Einsum is kept in high precision: an arbitrary einsum contraction has no 2-D "
@@ -270,8 +287,8 @@ def _planned(model: nnx.Module, plan, match: SkipFn, *, lora_rank, outlier_colum
     e = entries[name]
     cand = cands.parse(e.candidate)
     stored = cands.store(cand, linear.kernel.get_value(),
-                         input_rms=None if e.input_rms is None else jnp.asarray(e.input_rms, jnp.float32),
-                         clip=None if e.clip is None else jnp.asarray(e.clip, jnp.float32))
+                         input_rms=None if e.input_rms is None else np.asarray(e.input_rms, np.float32),
+                         clip=None if e.clip is None else np.asarray(e.clip, np.float32))
     return cands.module_for(linear, stored)
   return make
 

@@ -37,8 +37,17 @@ class Checkpoint:
       or ``model.safetensors.index.json``.
 
   Example:
-    >>> with Checkpoint("llama-nf4/") as ckpt:            # doctest: +SKIP
-    ...   packed, state = ckpt.get_4bit("model.layers.0.mlp.up_proj.weight")
+    >>> import tempfile, jax.numpy as jnp, jaxfp4, jaxfp4.io
+    >>> packed, state = jaxfp4.quantize_4bit(jnp.ones((64, 64)), quant_type="nf4")
+    >>> tensors = {"up_proj.weight": packed, **{"up_proj.weight." + k: v
+    ...            for k, v in state.as_dict(packed=True).items()}}   # bitsandbytes' keys
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = jaxfp4.io.write_safetensors(tmp.name + "/model.safetensors", tensors)
+    >>> with jaxfp4.io.Checkpoint(path) as ckpt:
+    ...   packed2, state2 = ckpt.get_4bit("up_proj.weight")
+    >>> state2.quant_type, state2.shape
+    ('nf4', (64, 64))
+    >>> tmp.cleanup()
   """
 
   def __init__(self, path: str | os.PathLike):
@@ -168,7 +177,13 @@ def group_keys(weight: str, names) -> list[str]:
   """The quant-state keys of ``weight`` among ``names`` (without ``weight`` itself)."""
   prefix = weight + "."
   return [k for k in names if k.startswith(prefix)
-          and (k[len(prefix):] in STATE_SUFFIXES or _BLOB.match(k) and _BLOB.match(k)["weight"] == weight)]
+          and (k[len(prefix):] in STATE_SUFFIXES or _blob_weight(k) == weight)]
+
+
+def _blob_weight(key: str) -> str | None:
+  """The weight name of a quant-state blob key, or None for another key."""
+  m = _BLOB.match(key)
+  return None if m is None else m["weight"]
 
 
 def tensor_group_4bit(weight: str, packed, state: QuantState) -> Iterator[tuple[str, np.ndarray]]:

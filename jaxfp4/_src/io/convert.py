@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfp4._src import formats
 from jaxfp4._src.io import checkpoint
 from jaxfp4._src.io.files import directory_atomic
 from jaxfp4._src.io.safetensors import write_safetensors
@@ -107,6 +108,7 @@ def quantize_checkpoint(
   in_dir, out_dir = Path(in_dir), Path(out_dir)
   if quant_type not in ("nf4", "fp4"):
     raise ValueError(f"`quant_type` must be 'nf4' or 'fp4' (the bitsandbytes formats), got {quant_type!r}.")
+  formats.resolve_blocksize(formats.get_format(quant_type), blocksize)  # before any work starts
   if dtype not in DTYPES:
     raise ValueError(f"`dtype` must be one of {DTYPES}, got {dtype!r}.")
   if compute_dtype not in DTYPES[1:]:

@@ -45,8 +45,14 @@ def resolve(
     The snapshot directory.
 
   Example:
-    >>> resolve("org/model", local_files_only=True)                 # doctest: +SKIP
-    PosixPath('~/.cache/huggingface/hub/models--org--model/snapshots/0123abcd...')
+    >>> import pathlib, tempfile
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> resolve(tmp.name) == pathlib.Path(tmp.name)   # a directory is used as it is
+    True
+    >>> tmp.cleanup()
+
+    A repo id (``resolve("Qwen/Qwen2.5-0.5B")``) returns its snapshot in the
+    hub cache, downloading it unless ``local_files_only``.
   """
   if not isinstance(path, (str, os.PathLike)):
     raise ValueError(f"`path` must be a directory or a Hub repo id, got {type(path).__name__}.")
@@ -67,7 +73,7 @@ def resolve(
   only_local = offline() if local_files_only is None else bool(local_files_only)
   try:
     snapshot = huggingface_hub.snapshot_download(
-        repo_id=name, revision=revision, cache_dir=cache_dir, local_files_only=only_local,
+        repo_id=name, revision=revision, cache_dir=None if cache_dir is None else str(cache_dir), local_files_only=only_local,
         allow_patterns=list(PATTERNS))
   except Exception as e:  # LocalEntryNotFoundError, RepositoryNotFoundError, HTTP errors
     where = "the local Hub cache" + (" (offline)" if only_local else " or the Hub")

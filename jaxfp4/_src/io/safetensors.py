@@ -68,8 +68,15 @@ class SafetensorsFile:
     path: the file.
 
   Example:
-    >>> with SafetensorsFile("model.safetensors") as f:   # doctest: +SKIP
+    >>> import tempfile, numpy as np, jaxfp4.io
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = jaxfp4.io.write_safetensors(tmp.name + "/model.safetensors",
+    ...                                    {"lm_head.weight": np.ones((4, 8), np.float32)})
+    >>> with jaxfp4.io.SafetensorsFile(path) as f:
     ...   w = f.get("lm_head.weight")
+    >>> w.shape, w.dtype
+    ((4, 8), dtype('float32'))
+    >>> tmp.cleanup()
   """
 
   def __init__(self, path: str | os.PathLike):
@@ -184,6 +191,7 @@ def _check_layout(path: Path, infos: list[TensorInfo], data_size: int) -> None:
   at, prev = 0, None
   for info in sorted(infos, key=lambda i: (i.begin, i.end)):
     if info.begin < at:
+      assert prev is not None  # at > 0 only after a first tensor
       raise ValueError(f"{path}: tensors {prev.name!r} (bytes [{prev.begin}, {prev.end})) and "
                        f"{info.name!r} (bytes [{info.begin}, {info.end})) overlap in the data section; "
                        "each byte must belong to one tensor.")

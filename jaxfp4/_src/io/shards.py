@@ -50,7 +50,8 @@ def parse_size(max_shard_size: int | str | None) -> int | None:
 
 def _shards(tensors: Iterable[tuple[str, np.ndarray]], limit: int | None):
   """Groups ``(name, array)`` into lists of at most ``limit`` bytes, in order."""
-  shard, size = [], 0
+  shard: list[tuple[str, np.ndarray]] = []
+  size = 0
   for name, array in tensors:
     array = np.asarray(array)
     if shard and limit is not None and size + array.nbytes > limit:
@@ -89,7 +90,13 @@ def write_pretrained(
     ``out_dir``.
 
   Example:
-    >>> write_pretrained("out", [("w", np.zeros(4))], config={}, max_shard_size="1KB")  # doctest: +SKIP
+    >>> import tempfile, numpy as np
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> out = write_pretrained(tmp.name + "/out", [("a", np.zeros(200)), ("b", np.zeros(200))],
+    ...                        config={}, max_shard_size="2KB")
+    >>> sorted(f.name for f in out.iterdir())
+    ['config.json', 'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json']
+    >>> tmp.cleanup()
   """
   out_dir = Path(out_dir)
   limit = parse_size(max_shard_size)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +43,9 @@ def axis_tuple(value: Axes, name: str) -> tuple[str, ...]:
   raise ValueError(f"`{name}` must be a mesh axis name, a tuple of names or None, got {value!r}.")
 
 
-def spec_entry(axes: tuple[str, ...]):
-  """A PartitionSpec entry for ``axes`` (None, one name or a tuple)."""
+def spec_entry(value: Axes):
+  """A PartitionSpec entry for ``value`` (None, one name or a tuple)."""
+  axes = axis_tuple(value, "axes")
   if not axes:
     return None
   return axes[0] if len(axes) == 1 else axes
@@ -88,28 +90,32 @@ class WeightSharding:
       if len(set(axes)) != len(axes):
         raise ValueError(f"`{f}` repeats a mesh axis: {axes}.")
       object.__setattr__(self, f, axes)
-    if set(self.out_axis) & set(self.in_axis):
+    if set(fields["out_axis"]) & set(fields["in_axis"]):
       raise ValueError(f"`out_axis` {self.out_axis} and `in_axis` {self.in_axis} share a mesh axis; "
                        "one axis can split a weight along one dimension only.")
-    batch = set(self.batch_axis)
+    batch = set(fields["batch_axis"])
     for f in ("out_axis", "in_axis"):
-      axes = set(getattr(self, f))
-      if axes & batch and not axes <= batch:
+      split = set(fields[f])
+      if split & batch and not split <= batch:
         raise ValueError(f"`{f}` {getattr(self, f)} is partly a batch axis ({self.batch_axis}); "
                          "an FSDP weight axis must be entirely in `batch_axis` or not at all.")
 
-  def size(self, axes: tuple[str, ...]) -> int:
-    return math.prod(self.mesh.shape[a] for a in axes)
+  # The fields are typed as the constructor takes them (``Axes``); __post_init__
+  # stores tuples, and axis_tuple() below narrows them for the type checker.
+  def size(self, axes: Axes) -> int:
+    return math.prod(self.mesh.shape[a] for a in axis_tuple(axes, "axes"))
 
   @property
   def compute_out_axis(self) -> tuple[str, ...]:
     """Output-feature axes the product stays split over (FSDP axes are gathered first)."""
-    return () if set(self.out_axis) <= set(self.batch_axis) else self.out_axis
+    out = axis_tuple(self.out_axis, "out_axis")
+    return () if set(out) <= set(axis_tuple(self.batch_axis, "batch_axis")) else out
 
   @property
   def compute_in_axis(self) -> tuple[str, ...]:
     """Input-feature axes whose partial products are summed (FSDP axes are gathered first)."""
-    return () if set(self.in_axis) <= set(self.batch_axis) else self.in_axis
+    inp = axis_tuple(self.in_axis, "in_axis")
+    return () if set(inp) <= set(axis_tuple(self.batch_axis, "batch_axis")) else inp
 
 
 def check_whole_rows(state: QuantState) -> None:
@@ -144,7 +150,7 @@ def check_shardable(state: QuantState, ws: WeightSharding) -> None:
 
 def keeps_nesting(state: QuantState, ws: WeightSharding) -> bool:
   """Whether each shard holds whole 256-entry groups of a nested absmax."""
-  if not state.nested:
+  if state.state2 is None:
     return False
   if not (ws.out_axis or ws.in_axis):
     return True
@@ -158,15 +164,17 @@ def weight_specs(state: QuantState, ws: WeightSharding) -> tuple[P, QuantState]:
 
   ``state`` is the one :func:`shard_4bit` returns (row view, nesting as kept).
   """
-  w = P(spec_entry(ws.out_axis), spec_entry(ws.in_axis))
+  # The spec tree has the state's structure with a PartitionSpec in each array
+  # field, hence the Any-typed leaves.
+  w: Any = P(spec_entry(ws.out_axis), spec_entry(ws.in_axis))
   state2 = None
   if state.state2 is not None:
-    split = P(spec_entry(ws.out_axis)) if (ws.out_axis and not ws.in_axis) else P()
+    split: Any = P(spec_entry(ws.out_axis)) if (ws.out_axis and not ws.in_axis) else P()
     state2 = dataclasses.replace(state.state2, absmax=split)
   specs = dataclasses.replace(
       state, absmax=w, state2=state2,
-      offset=None if state.offset is None else P(),
-      global_scale=None if state.global_scale is None else P())
+      offset=None if state.offset is None else cast(Any, P()),
+      global_scale=None if state.global_scale is None else cast(Any, P()))
   return w, specs
 
 
@@ -186,7 +194,7 @@ def flat_view(packed: jax.Array, state: QuantState) -> tuple[jax.Array, QuantSta
 
 def denest(state: QuantState) -> QuantState:
   """A non-nested state whose float32 absmax is exactly what the nested one decodes to."""
-  if not state.nested:
+  if state.state2 is None:
     return state
   flat = double_quant.decompress_absmax(
       state.absmax.reshape(-1), state.offset, state.state2.absmax,

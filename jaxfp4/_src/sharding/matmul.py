@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -111,7 +112,7 @@ def matmul_sharded(x2, packed, state: QuantState, bias, implementation, ws: layo
         "jaxfp4.sharding.shard_4bit, which stores those layers' absmax in float32.")
   data_spec, state_specs = layout.weight_specs(state, ws)
   layout.check_placement("packed", packed, data_spec, ws)
-  layout.check_placement("state.absmax", state.absmax, state_specs.absmax, ws)
+  layout.check_placement("state.absmax", state.absmax, cast(P, state_specs.absmax), ws)
   m = x2.shape[0]
   p_batch = ws.size(ws.batch_axis)
   if m % p_batch:

@@ -111,8 +111,9 @@ class ShardingPlan:
     fsdp = self.data_axis if self.fsdp else None
     if len(shape) == 0:
       return P()
+    dims: tuple[str | None, ...]
     if leaf == "kernel" and len(shape) == 2:
-      dims = {"column": (fsdp, tp), "row": (tp, fsdp)}.get(split, (fsdp, None))  # Flax: [in, out]
+      dims = {"column": (fsdp, tp), "row": (tp, fsdp)}.get(split or "", (fsdp, None))  # Flax: [in, out]
     elif leaf == "lora_a" and len(shape) == 2:  # A [in, r]: split like the layer's input
       dims = (tp if split == "row" else fsdp, None)
     elif leaf == "lora_b" and len(shape) == 2:  # B [r, out]: split like the layer's output

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -232,6 +232,7 @@ def fake_quantize(
                      "rounding='nearest'.")
   if not (isinstance(x, (np.ndarray, jax.Array)) or hasattr(x, "__jax_array__")):
     x = jnp.asarray(x)
+  x = cast(jax.Array, x)  # an array or an object with __jax_array__ (it has a dtype)
   if jnp.dtype(x.dtype).name not in formats.INPUT_DTYPES:
     raise ValueError(f"`x` must have a dtype in {formats.INPUT_DTYPES}, got "
                      f"{jnp.dtype(x.dtype).name}.")

@@ -18,6 +18,7 @@ bias in float32.
 from __future__ import annotations
 
 import functools
+from typing import Any
 from collections.abc import Sequence
 
 import jax
@@ -82,7 +83,7 @@ def _gemv_kernel(x_ref, table_ref, *refs, fmt, cfg, m, ns, nkb, groups, table_dt
       tile = gi + step * groups[i]
       n0 = jnp.minimum(tile, tiles - 1) * bn
       scale = sc.chunk_scales(jnp.minimum(n0 + riota, n - 1), cidx, nkb, mul_rn)
-      parts = [None] * m
+      parts: list[Any] = [None] * m
       # Elements in lookup order (the prmt decode shares work within a half).
       for e in lut_decode.LOOKUP_ORDER:
         elem = decode(words, e)

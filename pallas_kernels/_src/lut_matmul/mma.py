@@ -19,6 +19,7 @@ element arrays are joined in registers in the row's own order
 from __future__ import annotations
 
 import functools
+from typing import Any
 from collections.abc import Sequence
 
 import jax
@@ -53,7 +54,9 @@ def _mma_kernel(x_ref, table_ref, *refs, fmt, cfg, m, ns, tiles, biased, nkb, pa
     if len(ns) == 1:
       run(j)
     else:
-      pl.when((j >= first_tile) & (j < first_tile + nt))(lambda jj=j - first_tile, r=run: r(jj))
+      def run_here(jj: Any = j - first_tile, r: Any = run) -> None:
+        r(jj)
+      pl.when((j >= first_tile) & (j < first_tile + nt))(run_here)
     first_ref += count + has_bias
     first_tile += nt
 

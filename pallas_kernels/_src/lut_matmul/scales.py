@@ -12,6 +12,8 @@ and byte-coded scales decode as ``combine_scales`` does.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -34,8 +36,9 @@ class ScaleRefs:
     self.fmt = fmt
     refs = list(refs)
     self.scales = refs.pop(0)
-    self.table = refs.pop(0) if fmt.scale_kind == "byte" else None
-    self.group = self.offset = None
+    self.table: Any = refs.pop(0) if fmt.scale_kind == "byte" else None
+    self.group: Any = None  # Pallas refs (nested formats only)
+    self.offset: Any = None
     if fmt.nested_blocksize:
       self.group, self.offset = refs.pop(0), refs.pop(0)
     self.count = 1 + (self.table is not None) + 2 * (self.group is not None)

@@ -20,9 +20,11 @@ def decode_scales_reference(w: PackedWeight, fmt: WeightFormat) -> jax.Array:
   if fmt.scale_kind == "float":
     base = w.scales
   else:
+    assert w.scale_table is not None, "check_weight: byte scales come with their table"
     base = w.scale_table[w.scales.astype(jnp.int32)]
   group = offset = None
   if fmt.nested_blocksize:
+    assert w.group_scales is not None and w.offset is not None, "check_weight: nested parts"
     block = jnp.arange(w.scales.size, dtype=jnp.int32).reshape(w.scales.shape)
     group = w.group_scales[block // fmt.nested_blocksize]
     offset = w.offset[0]

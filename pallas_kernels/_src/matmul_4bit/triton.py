@@ -13,6 +13,7 @@ on store. Scales are decoded in the kernel, including bitsandbytes' nested
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +42,9 @@ class _Weight:
     self.fmt, self.n, self.nkb, self.dtype, self.interpret = fmt, n, nkb, dtype, interpret
     self.data, self.scales, self.lut = refs[:3]
     rest = list(refs[3:])
-    self.table = rest.pop(0) if fmt.scale_kind == "byte" else None
-    self.group = self.offset = None
+    self.table: Any = rest.pop(0) if fmt.scale_kind == "byte" else None
+    self.group: Any = None  # Pallas refs (nested formats only)
+    self.offset: Any = None
     if fmt.nested_blocksize:
       self.group, self.offset = rest.pop(0), rest.pop(0)
     self.used = len(refs) - len(rest)
@@ -224,16 +226,18 @@ def matmul_4bit_triton(
   split = config.split_k
   inputs = [w.data, w.scales, jnp.asarray(fmt.lut, jnp.float32)]
   if fmt.scale_kind == "byte":
+    assert w.scale_table is not None  # check_operands: byte scales come with their table
     inputs.append(w.scale_table)
   if fmt.nested_blocksize:
+    assert w.group_scales is not None and w.offset is not None  # check_operands
     inputs += [w.group_scales, w.offset]
   common_kw = dict(fmt=fmt, cfg=config, m=m, n=n, nkb=nkb, dtype=dtype, interpret=interpret)
   if config.gemv and not transpose:
     if m > MAX_GEMV_ROWS:
       raise ValueError(f"The GEMV kernel handles at most {MAX_GEMV_ROWS} rows, got M={m}.")
     kernel = functools.partial(_gemv_kernel, **common_kw)
-    grid = (pl.cdiv(n, config.block_n), split)
-    out_shape = (split * m, n)
+    grid: tuple[int, ...] = (pl.cdiv(n, config.block_n), split)
+    out_shape: tuple[int, ...] = (split * m, n)
     args = [x.reshape(m, k // 2, 2)] + inputs
   elif transpose:
     kernel = functools.partial(_transposed_kernel, **common_kw)
@@ -247,6 +251,7 @@ def matmul_4bit_triton(
     out_shape = (split * m if split > 1 else m, n)
     args = [x.reshape(m, k // 2, 2)] + inputs
     if has_bias:
+      assert bias is not None
       args.append(bias.astype(jnp.float32))
   partial = split > 1 or (config.gemv and not transpose)  # float32 partial sums
   out = pl.pallas_call(

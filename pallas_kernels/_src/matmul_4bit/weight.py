@@ -145,6 +145,7 @@ def combine_scales(base: jax.Array, group: jax.Array | None, offset: jax.Array |
   """
   s = base
   if fmt.nested_blocksize:
+    assert group is not None and offset is not None, "a nested format needs group and offset"
     # bitsandbytes: dequantize_blockwise (one rounding) then ``+= offset``.
     p = mul_rn(s, group) if mul_rn else numerics.unfused(s * group)
     s = p + offset

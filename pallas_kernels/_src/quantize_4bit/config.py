@@ -30,8 +30,10 @@ class QuantizeConfig:
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 
 
-def can_use_kernel(shape: tuple[int, int], dtype) -> bool:
+def can_use_kernel(shape: tuple[int, ...], dtype) -> bool:
   """Whether the kernel handles ``blocks`` of this shape and dtype."""
+  if len(shape) != 2:
+    return False
   nb, bs = shape
   return (nb > 0 and bs >= 16 and bs & (bs - 1) == 0
           and jnp.dtype(dtype).name in SUPPORTED_DTYPES)

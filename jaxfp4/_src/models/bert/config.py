@@ -116,7 +116,13 @@ class BertConfig:
     """Reads a ``config.json`` file, or the one in directory ``path``.
 
     Example:
-      >>> config = BertConfig.from_file("all-MiniLM-L6-v2/")        # doctest: +SKIP
+      >>> import json, pathlib, tempfile
+      >>> tmp = tempfile.TemporaryDirectory()   # a model directory, e.g. all-MiniLM-L6-v2/
+      >>> _ = (pathlib.Path(tmp.name) / "config.json").write_text(json.dumps(
+      ...     {"model_type": "bert", "hidden_size": 384, "num_attention_heads": 12}))
+      >>> BertConfig.from_file(tmp.name).head_dim
+      32
+      >>> tmp.cleanup()
     """
     path = Path(path)
     if path.is_dir():

@@ -47,7 +47,16 @@ def embed(model: BertModel, input_ids: jax.Array, attention_mask: jax.Array,
   """float32 sentence embeddings ``[batch, hidden]`` of one tokenized batch.
 
   Example:
-    >>> e = embed(model, batch["input_ids"], batch["attention_mask"])   # doctest: +SKIP
+    >>> from flax import nnx
+    >>> from jaxfp4.models import bert
+    >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "dog", "."]
+    >>> tok = bert.WordPieceTokenizer({w: i for i, w in enumerate(words)})
+    >>> config = bert.BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1,
+    ...                          num_attention_heads=2, intermediate_size=64)
+    >>> model = bert.BertModel(config, rngs=nnx.Rngs(0))   # or bert.load_model(directory)
+    >>> batch = tok(["A cat.", "A dog."])
+    >>> bert.embed(model, batch["input_ids"], batch["attention_mask"]).shape
+    (2, 32)
   """
   pooled = mean_pool(model(input_ids, attention_mask, token_type_ids), attention_mask)
   return l2_normalize(pooled) if normalize else pooled
@@ -87,10 +96,15 @@ def encode(
     float32 ``[len(sentences), hidden]``.
 
   Example:
+    >>> from flax import nnx
     >>> from jaxfp4.models import bert
-    >>> enc = bert.from_pretrained("all-MiniLM-L6-v2/")                   # doctest: +SKIP
-    >>> bert.encode(enc.model, enc.tokenizer, ["A cat.", "A dog."]).shape  # doctest: +SKIP
-    (2, 384)
+    >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "dog", "."]
+    >>> tok = bert.WordPieceTokenizer({w: i for i, w in enumerate(words)})
+    >>> config = bert.BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1,
+    ...                          num_attention_heads=2, intermediate_size=64)
+    >>> model = bert.BertModel(config, rngs=nnx.Rngs(0))   # or bert.load_model(directory)
+    >>> bert.encode(model, tok, ["A cat.", "A dog."]).shape
+    (2, 32)
   """
   if isinstance(sentences, str):
     sentences = [sentences]
@@ -127,9 +141,16 @@ class SentenceEncoder:
     normalize: whether embeddings are scaled to unit norm (a ``Normalize`` module).
 
   Example:
-    >>> enc = from_pretrained("all-MiniLM-L6-v2/")                  # doctest: +SKIP
-    >>> enc.encode(["The cat sat.", "A kitten sat."]).shape         # doctest: +SKIP
-    (2, 384)
+    >>> from flax import nnx
+    >>> from jaxfp4.models import bert
+    >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "dog", "."]
+    >>> tok = bert.WordPieceTokenizer({w: i for i, w in enumerate(words)})
+    >>> config = bert.BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1,
+    ...                          num_attention_heads=2, intermediate_size=64)
+    >>> model = bert.BertModel(config, rngs=nnx.Rngs(0))   # or bert.load_model(directory)
+    >>> enc = bert.SentenceEncoder(model=model, tokenizer=tok, normalize=True)  # from_pretrained's result
+    >>> enc.encode(["A cat.", "A dog."]).shape
+    (2, 32)
   """
 
   model: BertModel

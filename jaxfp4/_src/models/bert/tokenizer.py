@@ -156,9 +156,15 @@ class WordPieceTokenizer:
       max_length: overrides the truncation length read from the files.
 
     Example:
-      >>> tok = WordPieceTokenizer.from_pretrained("all-MiniLM-L6-v2/")   # doctest: +SKIP
-      >>> tok.max_length                                                  # doctest: +SKIP
+      >>> import json, pathlib, tempfile
+      >>> tmp = tempfile.TemporaryDirectory()   # a tiny model directory (all-MiniLM-L6-v2/ in use)
+      >>> d = pathlib.Path(tmp.name)
+      >>> _ = (d / "vocab.txt").write_text("\\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "cat"]))
+      >>> _ = (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 256}))
+      >>> tok = WordPieceTokenizer.from_pretrained(d)
+      >>> tok.max_length
       256
+      >>> tmp.cleanup()
     """
     path = Path(path)
     cfg = _read_json(path / "tokenizer_config.json")
@@ -205,7 +211,8 @@ class WordPieceTokenizer:
 
   def pre_tokenize(self, text: str) -> list[str]:
     """Step 4: words of normalized ``text``, each punctuation character a word."""
-    words, cur = [], []
+    words: list[str] = []
+    cur: list[str] = []
     for ch in text:
       if ch in _WHITESPACE or _is_punctuation(ch):
         if cur:
@@ -241,8 +248,10 @@ class WordPieceTokenizer:
     """The WordPiece tokens of ``text`` (no ``[CLS]``/``[SEP]``).
 
     Example:
-      >>> tok.tokenize("Unaffable!")                     # doctest: +SKIP
-      ['una', '##ffa', '##ble', '!']
+      >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "dog", "sleep", "##y"]
+      >>> tok = WordPieceTokenizer({w: i for i, w in enumerate(words)})
+      >>> tok.tokenize("A sleepy cat!")
+      ['a', 'sleep', '##y', 'cat', '[UNK]']
     """
     if not isinstance(text, str):
       raise ValueError(f"`text` must be a str, got {type(text).__name__}.")
@@ -303,9 +312,11 @@ class WordPieceTokenizer:
       ``token_type_ids`` (all 0), each ``[len(texts), length]``.
 
     Example:
-      >>> batch = tok(["a cat", "a sleepy dog"], max_length=16)   # doctest: +SKIP
-      >>> batch["input_ids"].shape                                 # doctest: +SKIP
-      (2, 5)
+      >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "dog", "sleep", "##y"]
+      >>> tok = WordPieceTokenizer({w: i for i, w in enumerate(words)})
+      >>> batch = tok(["a cat", "a sleepy dog"], max_length=16)
+      >>> batch["input_ids"].shape
+      (2, 6)
     """
     if isinstance(texts, str):
       texts = [texts]

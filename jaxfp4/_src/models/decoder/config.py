@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Self
 
 from flax.core import FrozenDict
 
@@ -201,17 +201,23 @@ class DecoderConfig:
     # Mistral and Phi-3 window every layer when sliding_window is set.
     return "sliding_attention" if self.sliding_window is not None else "full_attention"
 
+  def heads(self) -> tuple[int, int, int]:
+    """``(num_attention_heads, num_key_value_heads, head_dim)`` as ``__post_init__`` resolved them."""
+    kv, d = self.num_key_value_heads, self.head_dim
+    assert kv is not None and d is not None  # __post_init__ fills both
+    return self.num_attention_heads, kv, d
+
   @property
   def attention_scale(self) -> float:
     """The factor on ``q . k``: ``query_pre_attn_scalar ** -0.5`` (Gemma 2/3) or ``head_dim ** -0.5``."""
-    return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+    return (self.query_pre_attn_scalar or self.heads()[2]) ** -0.5
 
   def replace(self, **changes: Any) -> DecoderConfig:
     """Returns a copy with ``changes`` applied (and validated)."""
     return dataclasses.replace(self, **changes)
 
   @classmethod
-  def from_hf(cls, d: Mapping[str, Any]) -> DecoderConfig:
+  def from_hf(cls, d: Mapping[str, Any]) -> Self:
     """Parses a Hugging Face ``config.json`` dict of a supported family.
 
     Raises ValueError naming the field (or ``model_type``) and why for

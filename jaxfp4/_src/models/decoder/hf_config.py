@@ -22,6 +22,7 @@ def _rope(d: Mapping[str, Any], model_type: str) -> dict[str, Any]:
   default_theta = 1e6 if model_type == "gemma3_text" else 10000.0
   rp = d.get("rope_parameters")
   local = None
+  scaling: Any
   if rp is not None:
     if not isinstance(rp, Mapping):
       raise ValueError(f"`rope_parameters` must be a dict, got {rp!r}.")
@@ -77,7 +78,7 @@ def parse(d: Mapping[str, Any]) -> dict[str, Any]:
   """``DecoderConfig`` keyword arguments from a ``config.json`` dict."""
   if not isinstance(d, Mapping):
     raise ValueError(f"`d` must be a config.json dict, got {type(d).__name__}.")
-  model_type = d.get("model_type")
+  model_type: Any = d.get("model_type")  # family() checks it
   fam = family(model_type)
   gemma = model_type in _GEMMA
   # modeling_gemma.py uses hidden_act; Gemma 2 and 3 use hidden_activation.

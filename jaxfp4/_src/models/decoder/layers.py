@@ -71,7 +71,7 @@ class Attention(nnx.Module):
     c, fam = config, config.family
     self.config = c
     self.dtype = dtype
-    h, kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    h, kv, d = c.heads()
     qkv_bias = c.attention_bias or fam.qkv_bias
     if fam.fused:
       self.qkv_proj = linear(f"{prefix}.qkv_proj", c.hidden_size, (h + 2 * kv) * d, qkv_bias)
@@ -89,10 +89,12 @@ class Attention(nnx.Module):
     c = self.config
     if c.family.fused:  # Phi-3: [q | k | v] along the output features
       qkv = self.qkv_proj(x)
-      nq, nkv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+      h, kv, d = c.heads()
+      nq, nkv = h * d, kv * d
       return qkv[..., :nq], qkv[..., nq:nq + nkv], qkv[..., nq + nkv:]
     # One 4-bit launch for the three projections at decode batch sizes.
-    return apply_shared_input((self.q_proj, self.k_proj, self.v_proj), x)
+    q, k, v = apply_shared_input((self.q_proj, self.k_proj, self.v_proj), x)
+    return q, k, v
 
   def __call__(
       self,
@@ -116,7 +118,7 @@ class Attention(nnx.Module):
     """
     c = self.config
     bsz, t, _ = x.shape
-    h, kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    h, kv, d = c.heads()
     dtype = self.dtype
     q, k, v = self._qkv(x)
     q = q.astype(dtype).reshape(bsz, t, h, d)
@@ -126,6 +128,8 @@ class Attention(nnx.Module):
       q, k = self.q_norm(q), self.k_norm(k)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     if cache_kv is not None:
+      if start is None:
+        raise ValueError("`start` (the first cache slot to write) is required with `cache_kv`.")
       ck, cv = cache_kv
       zero = jnp.zeros((), jnp.int32)
       idx = (jnp.asarray(layer, jnp.int32), zero, start.astype(jnp.int32), zero, zero)
@@ -161,7 +165,8 @@ class MLP(nnx.Module):
   def __init__(self, config: DecoderConfig, prefix: str, *, linear: LinearFactory, dtype: Any):
     c = config
     self.dtype = dtype
-    self.act = c.hidden_act
+    assert c.hidden_act is not None  # DecoderConfig.__post_init__ resolves the family default
+    self.act: str = c.hidden_act
     self.fused = c.family.fused
     if self.fused:
       self.gate_up_proj = linear(f"{prefix}.gate_up_proj", c.hidden_size, 2 * c.intermediate_size, c.mlp_bias)

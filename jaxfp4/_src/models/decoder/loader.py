@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import jax.numpy as jnp
 from flax import nnx
@@ -81,8 +81,19 @@ def from_pretrained(
     A ``model_class`` instance.
 
   Example:
-    >>> model = from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")      # doctest: +SKIP
-    >>> logits, _ = model(jnp.array([[1, 2, 3]]))                  # doctest: +SKIP
+    >>> import tempfile, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jaxfp4.models import decoder
+    >>> config = decoder.DecoderConfig(model_type="qwen2", vocab_size=128, hidden_size=64,
+    ...                                intermediate_size=128, num_hidden_layers=1, num_attention_heads=2)
+    >>> tmp = tempfile.TemporaryDirectory()   # a tiny random Qwen2, written as HF writes one
+    >>> path = decoder.save_pretrained(decoder.DecoderForCausalLM(config, rngs=nnx.Rngs(0)),
+    ...                                tmp.name + "/tiny", progress=False)
+    >>> model = decoder.from_pretrained(path, quant_type="nf4", progress=False)  # or a Hub repo id
+    >>> logits, _ = model(jnp.array([[1, 2, 3]]))
+    >>> logits.shape
+    (1, 3, 128)
+    >>> tmp.cleanup()
   """
   if (mesh is None) != (plan is None):
     raise ValueError("`mesh` and `plan` go together: give both to load the model sharded, or neither.")
@@ -122,7 +133,8 @@ def from_pretrained(
                            quantized=(jnp.zeros(info.shape, info.dtype), states[key]))
         except ValueError as e:
           raise ValueError(f"{path}: tensor {key!r}: {e}") from None
-      if quant_type is not None and not skipped(module, None):
+      # `skip` is a tuple of patterns here, which never look at the module (not built yet).
+      if quant_type is not None and not skipped(module, cast(Any, None)):
         return Dense4bit(in_features, out_features, use_bias=use_bias, dtype=dtype,
                          param_dtype=param_dtype, quant_type=quant_type, blocksize=blocksize,
                          compress_statistics=compress_statistics, implementation=implementation,
@@ -134,6 +146,7 @@ def from_pretrained(
         config, dtype=dtype, param_dtype=param_dtype, linear=linear, rngs=nnx.Rngs(0), remat=remat))
 
     def quantizer(key, w):
+      assert quant_type is not None  # only passed on when quant_type is set
       return quantize_4bit(jnp.asarray(w, param_dtype), quant_type=quant_type, blocksize=blocksize,
                            compress_statistics=compress_statistics)
 
@@ -143,7 +156,7 @@ def from_pretrained(
           config.tie_word_embeddings and key == "lm_head.weight")
 
     targets = None
-    if mesh is not None:
+    if mesh is not None and plan is not None:  # checked above: both or neither
       from jaxfp4._src.models.llama import parallel  # its plans name the decoder's projections
       parallel.check_plan(config, mesh, plan)
       targets = sharding_plan.assign(model, mesh, plan)
@@ -184,7 +197,20 @@ def save_pretrained(
     The directory.
 
   Example:
-    >>> save_pretrained(model, "qwen-nf4", max_shard_size="2GB")      # doctest: +SKIP
+    >>> import tempfile, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jaxfp4.models import decoder
+    >>> config = decoder.DecoderConfig(model_type="qwen2", vocab_size=128, hidden_size=64,
+    ...                                intermediate_size=128, num_hidden_layers=1, num_attention_heads=2)
+    >>> tmp = tempfile.TemporaryDirectory()   # a tiny random Qwen2, written as HF writes one
+    >>> path = decoder.save_pretrained(decoder.DecoderForCausalLM(config, rngs=nnx.Rngs(0)),
+    ...                                tmp.name + "/tiny", progress=False)
+    >>> model = decoder.from_pretrained(path, quant_type="nf4", progress=False)
+    >>> out = decoder.save_pretrained(model, tmp.name + "/tiny-nf4", max_shard_size="40KB",
+    ...                               progress=False)
+    >>> (out / "model.safetensors.index.json").is_file()     # more than one shard
+    True
+    >>> tmp.cleanup()
   """
   if not isinstance(model, DecoderForCausalLM):
     raise ValueError(f"`model` must be a DecoderForCausalLM (or LlamaForCausalLM), got {type(model).__name__}.")
@@ -209,8 +235,8 @@ def save_pretrained(
                        f"(one quantization_config); the model has {sorted(states)}.")
     qt, _, nested, storage = next(iter(states))
     quantized_paths = set(hf_layout.quantized_layers(model))
-    skipped = sorted(p for p, n in nnx.iter_graph(model) for p in [".".join(map(str, p))]
-                     if isinstance(n, nnx.Linear) and p not in quantized_paths)
+    skipped = sorted(s for path, n in nnx.iter_graph(model) for s in [".".join(map(str, path))]
+                     if isinstance(n, nnx.Linear) and s not in quantized_paths)
     hf["quantization_config"] = checkpoint.bnb_quantization_config(
         quant_type=qt, compress_statistics=nested, compute_dtype=model.dtype.name,
         quant_storage=storage, skip_modules=[p.rsplit(".", 1)[-1] for p in skipped] and sorted(

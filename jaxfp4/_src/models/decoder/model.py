@@ -59,13 +59,14 @@ def init_cache(config: DecoderConfig, batch: int, max_len: int, dtype: Any = jnp
   for name, v in (("batch", batch), ("max_len", max_len)):
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
       raise ValueError(f"`{name}` must be a positive int, got {v!r}.")
-  shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads, config.head_dim)
+  _, kv, d = config.heads()
+  shape = (config.num_hidden_layers, batch, max_len, kv, d)
   return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
 
 
 def rope_inv_freq(config: DecoderConfig) -> Any:
   """The global layers' RoPE inverse frequencies ``[head_dim // 2]`` (float32 NumPy)."""
-  return rope.inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
+  return rope.inv_freq(config.heads()[2], config.rope_theta, config.rope_scaling)
 
 
 class DecoderModel(nnx.Module):
@@ -121,7 +122,7 @@ class DecoderModel(nnx.Module):
       x = x * jnp.asarray(math.sqrt(c.hidden_size), self.dtype)
     tables = {"full_attention": rope.cos_sin(rope_inv_freq(c), positions, self.dtype)}
     if c.rope_local_theta is not None:  # Gemma 3: local layers use plain RoPE of their own base
-      tables["sliding_attention"] = rope.cos_sin(rope.inv_freq(c.head_dim, c.rope_local_theta), positions,
+      tables["sliding_attention"] = rope.cos_sin(rope.inv_freq(c.heads()[2], c.rope_local_theta), positions,
                                                  self.dtype)
     cache_kv = None if cache is None else (cache.k, cache.v)
     for i, layer in enumerate(self.layers):
@@ -138,6 +139,7 @@ class DecoderModel(nnx.Module):
         x, cache_kv = layer(x, cos, sin, mask=mask, cache_kv=cache_kv, layer=i, start=start)
     x = self.norm(x)
     if cache is not None:
+      assert cache_kv is not None  # every layer returns the updated pair when given one
       cache = KVCache(cache_kv[0], cache_kv[1], cache.length + t)
     return x, cache
 

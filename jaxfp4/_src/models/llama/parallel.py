@@ -24,7 +24,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxfp4._src.models.llama.config import LlamaConfig
+from jaxfp4._src.models.decoder.config import DecoderConfig
 from jaxfp4._src.sharding.plan import ShardingPlan, shard_model
 
 COLUMN = r"\.(q_proj|k_proj|v_proj|gate_proj|up_proj)$"
@@ -71,7 +71,7 @@ def fsdp_plan(*, axis: str = "data", model_axis: str | None = None) -> ShardingP
   return ShardingPlan(rules=rules, model_axis=model_axis, data_axis=axis, fsdp=True)
 
 
-def check_plan(config: LlamaConfig, mesh: Mesh, plan: ShardingPlan) -> None:
+def check_plan(config: DecoderConfig, mesh: Mesh, plan: ShardingPlan) -> None:
   """Raises ValueError when the tensor-parallel axis does not divide the heads."""
   plan.check_mesh(mesh)
   if plan.model_axis is None:
@@ -95,7 +95,7 @@ def shard_llama(model: nnx.Module, mesh: Mesh, plan: ShardingPlan) -> nnx.Module
   Returns:
     ``model``.
   """
-  check_plan(model.config, mesh, plan)
+  check_plan(getattr(model, "config"), mesh, plan)  # a DecoderForCausalLM's config
   return shard_model(model, mesh, plan)
 
 
@@ -145,8 +145,18 @@ def make_qlora_step(model: nnx.Module, optimizer: nnx.Optimizer) -> Callable[[ja
     before the update.
 
   Example:
-    >>> step = make_qlora_step(model, qlora_optimizer(model, optax.adamw(1e-4)))  # doctest: +SKIP
-    >>> loss = step(jax.device_put(ids, batch_sharding(mesh, plan)))            # doctest: +SKIP
+    >>> import jax.numpy as jnp, optax
+    >>> from flax import nnx
+    >>> import jaxfp4.nnx
+    >>> from jaxfp4.models import llama
+    >>> config = llama.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
+    ...                            num_hidden_layers=1, num_attention_heads=2)
+    >>> model = llama.LlamaForCausalLM(config, rngs=nnx.Rngs(0))
+    >>> _ = jaxfp4.nnx.quantize_model(model, quant_type="nf4", lora_rank=4, rngs=nnx.Rngs(1))
+    >>> step = llama.make_qlora_step(model, llama.qlora_optimizer(model, optax.adamw(1e-3)))
+    >>> loss = step(jnp.ones((2, 9), jnp.int32))   # on a mesh: place ids with batch_sharding
+    >>> loss.shape
+    ()
   """
   graphdef, state = nnx.split((model, optimizer))
   meshes = {a.sharding.mesh for a in jax.tree.leaves(state)
