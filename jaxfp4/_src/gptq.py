@@ -137,7 +137,7 @@ def inverse_cholesky(h: jax.Array, percdamp: float) -> jax.Array:
   weight does not affect the output, it is rounded plainly and nothing is
   spread from it. ``damp = percdamp * mean(diag H)`` as in the GPTQ reference.
   """
-  h = h.astype(jnp.float64) if jax.config.jax_enable_x64 else h
+  h = h.astype(jnp.float64) if jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64 else h  # x64 on
   d = jnp.diagonal(h)
   dead = d == 0
   h = jnp.where(jnp.diag(dead), 1.0, h)

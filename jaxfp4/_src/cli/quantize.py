@@ -104,13 +104,13 @@ def run(args: argparse.Namespace) -> int:
     print(report)
     return 0
   from jaxfp4._src.models.decoder.quantize_pretrained import write_quantized
-  report = write_quantized(
+  method_report = write_quantized(
       args.in_dir, args.out_dir, calibration=ids, method=args.method, quant_type=args.quant_type,
       blocksize=args.blocksize, compress_statistics=args.double_quant, percdamp=args.percdamp,
       act_order=not args.no_act_order, lazy_block=args.lazy_block, refit=args.refit,
       clip_search=args.clip_search,
       skip=tuple(args.skip) if args.skip is not None else ("lm_head",), compute_dtype=args.compute_dtype,
       progress=not args.no_progress)
-  print(report)
+  print(method_report)
   print(f"wrote {args.out_dir}")
   return 0

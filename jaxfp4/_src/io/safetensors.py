@@ -140,7 +140,7 @@ class SafetensorsFile:
     out = np.empty(info.shape, info.dtype if sys.byteorder == "little" else info.dtype.newbyteorder("<"))
     self._file.seek(self._data_start + info.begin)
     # Straight into the array's memory: one copy out of the page cache.
-    got = self._file.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+    got = self._file.readinto(out.reshape(-1).view(np.uint8).data)
     if got != info.nbytes:
       raise ValueError(f"{self.path}: tensor {name!r} is truncated.")
     return out.astype(info.dtype, copy=False)

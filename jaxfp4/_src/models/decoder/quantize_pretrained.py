@@ -98,7 +98,7 @@ def _tapped(layer: nnx.Module, paths: Sequence[str]):
   try:
     for p in paths:
       key = tuple(int(k) if k.isdigit() else k for k in p.split("."))
-      node = layer
+      node: Any = layer
       for k in key:
         node = node[k] if isinstance(k, int) else getattr(node, k)
       _replace(layer, key, _Tap(node, p, log))
@@ -129,7 +129,7 @@ class _Capture(nnx.Module):
 
 def _layer_arguments(model: DecoderForCausalLM, ids: jax.Array) -> list[tuple]:
   """``(x, cos, sin, mask)`` that each decoder layer receives for ``ids`` (x for layer 0 only is real)."""
-  layers = model.model.layers
+  layers: Any = model.model.layers  # holds _Capture stand-ins while it runs
   saved = [layers[i] for i in range(len(layers))]
   sink: list = []
   try:
@@ -265,7 +265,7 @@ def quantize_pretrained(
   else:
     raise ValueError(f"`model_or_dir` must be a DecoderForCausalLM or a model directory, got "
                      f"{type(model_or_dir).__name__}.")
-  opts = dict(quant_type=quant_type, blocksize=blocksize, compress_statistics=compress_statistics)
+  opts: dict[str, Any] = dict(quant_type=quant_type, blocksize=blocksize, compress_statistics=compress_statistics)
   if clip_search not in (True, False):
     raise ValueError(f"`clip_search` must be True or False, got {clip_search!r}.")
   gptq_opts = dict(percdamp=float(percdamp), act_order=act_order, lazy_block=lazy_block, refit=refit,
@@ -343,6 +343,7 @@ def _gram(layer, path, xs, args, i) -> jax.Array:
       x = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
       g = jnp.matmul(x.T, x, precision=jax.lax.Precision.HIGHEST)
       h = g if h is None else h + g
+  assert h is not None  # at least one calibration batch reached the layer
   return h
 
 
