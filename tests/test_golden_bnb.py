@@ -108,6 +108,13 @@ def test_fp4_cpu_mismatch_rate(golden, dtype):
   assert diff == (0 if on_gpu() else CPU_FP4_MISMATCHES_LARGE[dtype])
 
 
+# Jitted once per module (as quantize_4bit runs them, inside its jit): op-by-op they
+# compiled every primitive for each of the 8 absmax lengths, the slowest test here.
+_QUANTIZE_8BIT = jax.jit(double_quant.quantize_blockwise_8bit)
+_ACCURATE_MEAN = jax.jit(double_quant.accurate_mean)
+_COMPRESS_ABSMAX = jax.jit(double_quant.compress_absmax)
+
+
 # The edge tensor's Inf absmax makes its offset Inf/NaN: nothing to compare there.
 @pytest.mark.parametrize("tensor,quant_type,dtype", [c for c in CASES if c[0] != "edge"])
 def test_double_quant_matches_bitsandbytes(golden, tensor, quant_type, dtype):
@@ -116,14 +123,14 @@ def test_double_quant_matches_bitsandbytes(golden, tensor, quant_type, dtype):
     absmax = golden[f"{tag}/absmax"]
     offset = golden[f"{tag}/nested/offset"]
     # With bitsandbytes' offset the 8-bit codes and nested absmax are identical.
-    codes, absmax2 = double_quant.quantize_blockwise_8bit(jnp.asarray(absmax) - offset)
+    codes, absmax2 = _QUANTIZE_8BIT(jnp.asarray(absmax) - offset)
     np.testing.assert_array_equal(np.asarray(codes), golden[f"{tag}/nested/codes"], err_msg=tag)
     np.testing.assert_array_equal(np.asarray(absmax2), golden[f"{tag}/nested/absmax2"], err_msg=tag)
     # Our own offset (torch's mean depends on its reduction order): within
     # 2 ulp, and here the codes still came out identical.
-    ours = np.asarray(double_quant.accurate_mean(jnp.asarray(absmax)))
+    ours = np.asarray(_ACCURATE_MEAN(jnp.asarray(absmax)))
     assert abs(int(ours.view(np.int32)) - int(offset.view(np.int32))) <= 2, tag
-    codes_own, _, _ = double_quant.compress_absmax(jnp.asarray(absmax))
+    codes_own, _, _ = _COMPRESS_ABSMAX(jnp.asarray(absmax))
     np.testing.assert_array_equal(np.asarray(codes_own), golden[f"{tag}/nested/codes"],
                                   err_msg=tag)
 
