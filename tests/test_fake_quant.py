@@ -208,7 +208,28 @@ def test_property_forward_and_dge_bounds(case):
   eps = float(jnp.finfo(x.dtype).eps)
   assert np.all(g >= 0.2 * (1 - eps)) and np.all(g <= 3.0), (g.min(), g.max())
   want = _dge_ref(np.asarray(x, np.float64), quant_type, axis, bs)
+  if quant_type == "nvfp4":
+    # A block whose amax * 448 / tensor-amax lies within float32 rounding of an
+    # E4M3 midpoint (an exact tie in float64, e.g. 232 between 224 and 240, which
+    # bf16 inputs make likely) gets its scale from the library's float32
+    # arithmetic, which may round the other way than this float64 reference; the
+    # forward check above is bit-exact for those blocks too. Found by hypothesis
+    # (nvfp4, bf16, blocksize 16, 3-D): 60 of 2448 elements, one such block each.
+    keep = ~_near_nvfp4_tie(np.asarray(x, np.float64), axis, bs)
+    g, want = g[keep], want[keep]
   np.testing.assert_allclose(g, want, rtol=eps / 2 + DGE_RTOL, atol=0)
+
+
+def _near_nvfp4_tie(x: np.ndarray, axis: int, bs: int) -> np.ndarray:
+  """Per element of x: its block's E4M3 scale code changes within +-2**-22 relative."""
+  r = _rows(x, axis, bs)
+  b = r.reshape(-1, bs)
+  amax = np.max(np.abs(b), axis=-1)
+  ratio = np.minimum(amax * 448.0 / max(np.max(amax), 1e-300), 448.0)
+  lo = (ratio * (1 - 2.0**-22)).astype(ml_dtypes.float8_e4m3fn).astype(np.float64)
+  hi = (ratio * (1 + 2.0**-22)).astype(ml_dtypes.float8_e4m3fn).astype(np.float64)
+  near = np.broadcast_to((lo != hi)[:, None], b.shape)
+  return _unrows(near.reshape(r.shape), axis, x.shape[axis]).astype(bool)
 
 
 # --- idempotence -------------------------------------------------------------
