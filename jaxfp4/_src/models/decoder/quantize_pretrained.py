@@ -72,9 +72,13 @@ class QuantizePretrainedReport:
       ratio = "-" if l.error is None or not l.error_rtn else f"{l.error / l.error_rtn:.3f}"
       rows.append(f"{l.path:<{w}}  {f'[{l.out_features}, {l.in_features}]':>12}  {f(l.error_rtn):>10}  "
                   f"{f(l.error):>12}  {ratio:>6}")
-    rows.append(f"{len(self.layers)} layers quantized with {self.method} on {self.calibration_tokens:,} "
-                f"calibration tokens in {self.seconds:.1f} s (errors: relative output error on the "
-                "calibration inputs of each layer)")
+    if self.calibration_tokens:
+      rows.append(f"{len(self.layers)} layers quantized with {self.method} on {self.calibration_tokens:,} "
+                  f"calibration tokens in {self.seconds:.1f} s (errors: relative output error on the "
+                  "calibration inputs of each layer)")
+    else:  # no calibration data: there are no inputs to measure an output error on
+      rows.append(f"{len(self.layers)} layers quantized with {self.method} without calibration data in "
+                  f"{self.seconds:.1f} s (no output errors: they need calibration inputs)")
     return "\n".join(rows)
 
 
