@@ -43,19 +43,9 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-  if name not in _LAZY:
-    raise AttributeError(f"module 'jaxfp4' has no attribute {name!r}")
-  from jaxfp4._src.extras import import_optional
-  module_name, attr = _LAZY[name]
-  module = import_optional(module_name, feature=f"jaxfp4.{name}")
-  value = module if attr is None else getattr(module, attr)
-  globals()[name] = value
-  return value
+from jaxfp4._src.extras import lazy_attributes  # noqa: E402
 
-
-def __dir__():
-  return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes("jaxfp4", _LAZY, globals())
 
 __all__ = (
     "QUANT_TYPES",

@@ -12,20 +12,12 @@ from jaxfp4._src.io.safetensors import SafetensorsFile as SafetensorsFile
 from jaxfp4._src.io.safetensors import TensorInfo as TensorInfo
 from jaxfp4._src.io.safetensors import write_safetensors as write_safetensors
 
-_LAZY = {"load_model": "jaxfp4._src.flax.model_io", "save_model": "jaxfp4._src.flax.model_io"}
+from jaxfp4._src.extras import lazy_attributes
 
-
-def __getattr__(name: str):
-  if name not in _LAZY:
-    raise AttributeError(f"module 'jaxfp4.io' has no attribute {name!r}")
-  from jaxfp4._src.extras import import_optional
-  value = getattr(import_optional(_LAZY[name], feature=f"jaxfp4.io.{name}"), name)
-  globals()[name] = value
-  return value
-
-
-def __dir__():
-  return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes("jaxfp4.io", {
+    "load_model": ("jaxfp4._src.flax.model_io", "load_model"),
+    "save_model": ("jaxfp4._src.flax.model_io", "save_model"),
+}, globals())
 
 
 __all__ = ("Checkpoint", "SafetensorsFile", "TensorInfo", "load_model", "save_model",

@@ -23,22 +23,14 @@ from jaxfp4._src.sharding.layout import flat_view as flat_view
 from jaxfp4._src.sharding.layout import shard_4bit as shard_4bit
 from jaxfp4._src.sharding.layout import weight_specs as weight_specs
 
+from jaxfp4._src.extras import lazy_attributes
+
 # ShardingPlan and shard_model walk NNX models: they load Flax on first use
 # (PEP 562), so the weight-level names above work without the [flax] extra.
-_LAZY = {"ShardingPlan": "jaxfp4._src.sharding.plan", "shard_model": "jaxfp4._src.sharding.plan"}
-
-
-def __getattr__(name: str):
-  if name not in _LAZY:
-    raise AttributeError(f"module 'jaxfp4.sharding' has no attribute {name!r}")
-  from jaxfp4._src.extras import import_optional
-  value = getattr(import_optional(_LAZY[name], feature=f"jaxfp4.sharding.{name}"), name)
-  globals()[name] = value
-  return value
-
-
-def __dir__():
-  return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes("jaxfp4.sharding", {
+    "ShardingPlan": ("jaxfp4._src.sharding.plan", "ShardingPlan"),
+    "shard_model": ("jaxfp4._src.sharding.plan", "shard_model"),
+}, globals())
 
 
 __all__ = ("ShardingPlan", "WeightSharding", "flat_view", "shard_4bit", "shard_model", "weight_specs")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import types
+from typing import Any, Callable
 
 # Top-level import name -> the extra that installs it.
 EXTRA_OF = {
@@ -52,6 +53,35 @@ def import_optional(module: str, *, feature: str | None = None) -> types.ModuleT
     if top not in EXTRA_OF:
       raise
     raise missing_extra(top, feature=feature or module) from e
+
+
+def lazy_attributes(package: str, lazy: dict[str, tuple[str, str | None]],
+                    namespace: dict[str, Any]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+  """A package's PEP 562 ``__getattr__`` and ``__dir__`` for names loaded on first use.
+
+  ``lazy`` maps a public name to ``(module, attribute)`` (attribute None: the
+  module itself); the value is imported with :func:`import_optional` (a missing
+  extra is named) and cached in ``namespace``, the package's ``globals()``.
+
+  Example:
+    >>> ns = {}
+    >>> get, _ = lazy_attributes("pkg", {"formats": ("jaxfp4._src.formats", None)}, ns)
+    >>> get("formats").__name__, "formats" in ns
+    ('jaxfp4._src.formats', True)
+  """
+  def __getattr__(name: str) -> Any:
+    if name not in lazy:
+      raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    module_name, attr = lazy[name]
+    module = import_optional(module_name, feature=f"{package}.{name}")
+    value = module if attr is None else getattr(module, attr)
+    namespace[name] = value
+    return value
+
+  def __dir__() -> list[str]:
+    return sorted(set(namespace) | set(lazy))
+
+  return __getattr__, __dir__
 
 
 def available(package: str) -> bool:
