@@ -33,6 +33,7 @@ from pallas_kernels._src import lut_decode  # noqa: E402
 from pallas_kernels._src.lut_matmul import api as lut_api  # noqa: E402
 from pallas_kernels._src.lut_matmul import gemv as gemv_lib  # noqa: E402
 from pallas_kernels._src.lut_matmul import mma as mma_lib  # noqa: E402
+from pallas_kernels._src.lut_matmul import wgmma as wgmma_lib  # noqa: E402
 from pallas_kernels._src.lut_matmul.config import LutConfig, fit  # noqa: E402
 
 COPIES = 8
@@ -48,6 +49,8 @@ def fake_decode(words, lut, element, *, table=None, interpret):
 
 
 def parse_cfg(text):
+  if text.startswith("{"):  # a Mosaic GPU config, as JSON
+    return wgmma_lib.WgmmaConfig(**json.loads(text))
   kw = {}
   for part in text.split(","):
     key, val = part.split("=")
@@ -75,6 +78,11 @@ MMA_CFGS = [
     "kind=mma,block_n=128,chunks=2,num_warps=8,split_k=4",
     "kind=mma,block_n=64,chunks=2,num_warps=4,split_k=2",
 ]
+# Mosaic GPU tensor-core kernel (Hopper), M >= 5; split_k 0 lets `fit` choose.
+WGMMA_CFGS = [
+    '{}', '{"sub": 2}', '{"tile_k": 256}', '{"overlap": true}', '{"sub": 2, "overlap": true}',
+    '{"sub": 4}',
+]
 MMA_BIG = [
     "kind=mma,block_n=64,block_m=BM,chunks=2,num_warps=4,split_k=4",
     "kind=mma,block_n=64,block_m=BM,chunks=2,num_warps=4,split_k=4,num_stages=3",
@@ -90,6 +98,10 @@ def main():
   ap.add_argument("--ms", default="1,16")
   ap.add_argument("--gemv", default=";".join(GEMV_CFGS))
   ap.add_argument("--mma", default=";".join(MMA_CFGS))
+  ap.add_argument("--mma-big", default=";".join(MMA_BIG),
+                  help="Triton configs for M > 32 (BM: the M tile), '' to skip")
+  ap.add_argument("--wgmma", default=";".join(WGMMA_CFGS),
+                  help="Mosaic GPU configs as JSON objects ('' to skip; sm_90 only)")
   ap.add_argument("--decodes", default="prmt",
                   help="'prmt' times the real decode (either table), 'fake' an integer decode")
   ap.add_argument("--only", default=None, help="run one config (for ncu) and exit")
@@ -107,13 +119,16 @@ def main():
     for shape in args.shapes.split(","):
       rows = sweep_shape(args, shape)
       for m in sorted({r["m"] for r in rows}):
-        for kind in ("gemv", "mma"):
+        for kind in ("gemv", "mma", "wgmma"):
           # Only the exact decode (shfl, the dequantized weight itself) is
           # recorded as a default; the prmt table rows are for comparison.
           best = min((r for r in rows if r["m"] == m and r["kind"] == kind
-                      and r["decode"] == "prmt" and parse_cfg(r["cfg_text"]).decode == "shfl"),
+                      and r["decode"] == "prmt"
+                      and getattr(parse_cfg(r["cfg_text"]), "decode", "shfl") == "shfl"),
                      key=lambda r: r["us"], default=None)
-          if best is not None:
+          if best is not None and kind == "wgmma":
+            winners[f"wgmma/m{lut_api._bucket('mma', m).split('/m')[1]}/{shape}"] = best
+          elif best is not None:
             winners[f"lut/{lut_api._bucket(kind, m)}/{shape}"] = best
     print("\nfastest config per shape and M bucket:")
     for key, r in winners.items():
@@ -155,11 +170,15 @@ def sweep_shape(args, shape):
     return np.asarray(x.astype(jnp.float32), np.float64) @ un.T
 
   def run(kind, cfg_text, m, decode="prmt"):
-    cfg = fit(parse_cfg(cfg_text), m, n, k // bs)
-    if kind == "gemv":
+    if kind == "wgmma":
+      cfg = wgmma_lib.fit(parse_cfg(cfg_text), -(-m // 8) * 8, n, k)
+      fn1 = lambda x, w: wgmma_lib.wgmma_4bit(x, w, fmt=fmt, config=cfg)
+    elif kind == "gemv":
+      cfg = fit(parse_cfg(cfg_text), m, n, k // bs)
       fn1 = lambda x, w: gemv_lib.gemv_4bit_triton(x, w, fmt=fmt, config=cfg, interpret=CPU)
       tdt = jnp.float16
     else:
+      cfg = fit(parse_cfg(cfg_text), m, n, k // bs)
       fn1 = lambda x, w: mma_lib.mma_4bit_triton(x, w, fmt=fmt, config=cfg, interpret=CPU)
       tdt = jnp.bfloat16
     f = jax.jit(lambda x, ws: [fn1(x, w) for w in ws])
@@ -174,7 +193,7 @@ def sweep_shape(args, shape):
       lut_decode.shfl_element = orig
     err = float("nan")
     if decode == "prmt":
-      ref = exact(x, None if cfg.decode == "shfl" else tdt)
+      ref = exact(x, None if getattr(cfg, "decode", "shfl") == "shfl" else tdt)
       err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
     row = dict(kind=kind, decode=decode, m=m, cfg=cfg.name(), cfg_text=cfg_text, us=t * 1e6,
                tbps=(wbytes + m * k * 2) / t / 1e12, relerr=err)
@@ -214,12 +233,18 @@ def sweep_shape(args, shape):
             run("gemv", c, m, dec)
           except Exception as e:  # noqa: BLE001  (a sweep reports and goes on)
             print("FAIL gemv", c, type(e).__name__, str(e)[:300], flush=True)
-    big = [c.replace("BM", str(min(m, 256 if m >= 256 else 128))) for c in MMA_BIG]
-    for c in (args.mma.split(";") if m <= 32 else big):
+    big = [c.replace("BM", str(min(m, 256 if m >= 256 else 128)))
+           for c in args.mma_big.split(";") if c]
+    for c in (args.mma.split(";") if m <= 32 and args.mma else [] if m <= 32 else big):
       try:
         run("mma", c, m)
       except Exception as e:  # noqa: BLE001
         print("FAIL mma", c, type(e).__name__, str(e)[:300], flush=True)
+    for c in args.wgmma.split(";") if args.wgmma and m >= 5 else ():
+      try:
+        run("wgmma", c, m)
+      except Exception as e:  # noqa: BLE001
+        print("FAIL wgmma", c, type(e).__name__, str(e)[:300], flush=True)
   best = {}
   for r in rows:
     if r["decode"] == "prmt" and (r["m"] not in best or r["us"] < best[r["m"]]["us"]):

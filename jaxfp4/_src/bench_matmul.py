@@ -172,9 +172,12 @@ def run(shapes, ms, *, quant_type="nf4", formats_shape=None, format_ms=(), forma
         # On a GPU: the default dispatch (named by the route it takes) and the
         # dequantize route beside it; elsewhere matmul_4bit is the jnp path.
         routes: tuple[tuple[str | None, str], ...] = ((None, "matmul_4bit"),)
+        mosaic = False
         if on_gpu:
           fwd_route = product_lib.route(m, state, x.dtype, None, False)
-          routes = ((None, f"matmul_4bit [{fwd_route}]"),)
+          mosaic = fwd_route == "mma" and _runs_mosaic(m, state, x.dtype)
+          name = "mma: Mosaic wgmma" if mosaic else fwd_route
+          routes = ((None, f"matmul_4bit [{name}]"),)
           if fwd_route != "dequantize":
             routes += (("dequantize", "dequant kernel+dot"),)
         for route, label in routes:
@@ -182,6 +185,8 @@ def run(shapes, ms, *, quant_type="nf4", formats_shape=None, format_ms=(), forma
             add(shape, m, tag, label, _time_rotating(_fwd, x, ws, quick), wb, t16)
             if backward and route is None:
               add(shape, m, tag, "matmul_4bit bwd", _time_rotating(_bwd, dy, ws, quick), wb, tb16)
+        if mosaic:  # the Triton tensor-core kernel it replaced, for comparison
+          add(shape, m, tag, "mma: Triton", _safe_time(_triton_mma, x, ws, quick), wb, t16)
         for cfg in (configs or {}).get(m, []) if main and on_gpu else []:
           t = _safe_time(_config_op(cfg, False), x, ws, quick)
           add(shape, m, tag, "cfg " + cfg.name(), t, wb, t16)
@@ -214,6 +219,25 @@ def _config_op(cfg, transpose):
     return pallas_kernels.matmul_packed(x, kw, fmt=fmt, transpose=transpose,
                                         implementation="pallas", config=cfg)
   return op
+
+
+def _runs_mosaic(m, state, dtype) -> bool:
+  from pallas_kernels._src.lut_matmul import api as lut_api
+  n, k = state.shape
+  _, fmt = product_lib.kernel_weight(jnp.zeros((n * k // 2, 1), jnp.uint8), state)
+  return lut_api.use_wgmma(m, n, k, fmt, dtype)
+
+
+def _triton_mma(x, w):
+  import pallas_kernels
+  from pallas_kernels._src import common
+  from pallas_kernels._src.lut_matmul import api as lut_api
+  packed, state = w
+  kw, fmt = product_lib.kernel_weight(q.check_packed(packed, state), state)
+  n, k = state.shape
+  cfg = lut_api.get_config("mma", x.shape[0], n, k, fmt.blocksize, common.device_kind())
+  return pallas_kernels.matmul_lut(x, kw, fmt=fmt, kind="mma", config=cfg,
+                                   implementation="pallas")
 
 
 def _safe_time(op, x, ws, quick):

@@ -12,6 +12,7 @@ from pallas_kernels._src import common
 from pallas_kernels._src import lut_decode
 from pallas_kernels._src import tuning
 from pallas_kernels._src.lut_matmul import scales as scales_lib
+from pallas_kernels._src.lut_matmul import wgmma as wgmma_lib
 from pallas_kernels._src.lut_matmul.config import LutConfig, MAX_GEMV_ROWS, fit
 from pallas_kernels._src.lut_matmul.gemv import gemv_4bit_group_triton, gemv_4bit_triton
 from pallas_kernels._src.lut_matmul.mma import mma_4bit_group_triton, mma_4bit_triton
@@ -35,6 +36,16 @@ _DEFAULT_CONFIGS = {
     "mma/m128": LutConfig(kind="mma", block_n=64, block_m=128, chunks=2, split_k=2,
                           num_warps=4),
 }
+
+
+# The Mosaic GPU kernel holds all M rows of x in one wgmma (at most 256 wide).
+WGMMA_MAX_M = 256
+
+
+def use_wgmma(m: int, n: int, k: int, fmt: WeightFormat, dtype) -> bool:
+  """The tensor-core kind runs the Mosaic GPU kernel (Hopper, JAX's Mosaic GPU backend,
+  a shape and format it takes), else the Triton one."""
+  return m <= WGMMA_MAX_M and wgmma_lib.supports(n, k, fmt, dtype) and wgmma_lib.available()
 
 
 def limits(device_kind: str | None) -> dict[str, int]:
@@ -94,7 +105,7 @@ def matmul_lut(
     fmt: WeightFormat,
     bias: jax.Array | None = None,
     kind: str | None = None,
-    config: LutConfig | None = None,
+    config: LutConfig | wgmma_lib.WgmmaConfig | None = None,
     implementation: str | None = None,
     interpret: bool | None = None,
 ) -> jax.Array:
@@ -108,6 +119,9 @@ def matmul_lut(
     kind: ``"gemv"`` or ``"mma"`` (default: by M, :func:`choose_kind`; M past
       both limits still runs ``"mma"``).
     config: launch config (default: recorded for this device kind, or H100's).
+      For ``"mma"`` on a Hopper GPU the Mosaic GPU kernel runs
+      (``pallas_kernels._src.lut_matmul.wgmma``) unless a Triton
+      :class:`LutConfig` is given; a ``WgmmaConfig`` asks for it.
     implementation: None (the kernel on a GPU, else the reference), ``"xla"``
       or ``"pallas"`` (interpret mode off the GPU).
     interpret: run in the Pallas interpreter (default: off the GPU).
@@ -130,14 +144,34 @@ def matmul_lut(
       f"blocksize={fmt.blocksize}.")
   if implementation == "xla":
     return lut_matmul_reference(x, w, fmt=fmt, kind=kind, bias=bias)
+  if kind == "mma" and not interpret and (
+      isinstance(config, wgmma_lib.WgmmaConfig)
+      or (config is None and use_wgmma(m, n, k, fmt, x.dtype))):
+    return _run_wgmma(x, w, fmt, config, bias, device)
   if config is None:
     config = get_config(kind, m, n, k, fmt.blocksize, device)
+  elif not isinstance(config, LutConfig):
+    raise ValueError(f"`config` must be a LutConfig for kind={kind!r} here, got {config!r}.")
   else:
     config = fit(dataclasses.replace(config, kind=kind), m, n,
                  k // (2 * scales_lib.chunk_bytes(fmt.blocksize)))
   if kind == "gemv":
     return gemv_4bit_triton(x, w, fmt=fmt, config=config, bias=bias, interpret=interpret)
   return mma_4bit_triton(x, w, fmt=fmt, config=config, bias=bias, interpret=interpret)
+
+
+def _run_wgmma(x, w, fmt, config, bias, device):
+  n, k = w.shape
+  if not (wgmma_lib.supports(n, k, fmt, x.dtype) and wgmma_lib.available()):
+    raise ValueError(
+        f"The Mosaic GPU kernel needs an sm_90 GPU, N % 64 == 0, K and the blocksize multiples "
+        f"of 64 and 16-bit x: got N={n}, K={k}, blocksize={fmt.blocksize}, x {x.dtype}.")
+  if config is None:  # recorded per shape, else per M bucket, else the fitted default
+    bucket = "wgmma/" + _bucket("mma", x.shape[0]).split("/")[1]
+    entry = tuning.tuned_entry("matmul_4bit", device, f"{bucket}/{n}x{k}") or \
+        tuning.tuned_entry("matmul_4bit", device, bucket)
+    config = wgmma_lib.WgmmaConfig(**entry) if entry else wgmma_lib.WgmmaConfig()
+  return wgmma_lib.wgmma_4bit(x, w, fmt=fmt, config=config, bias=bias)
 
 
 def matmul_lut_group(
@@ -186,6 +220,10 @@ def matmul_lut_group(
   if implementation == "xla":
     return tuple(lut_matmul_reference(x, w, fmt=fmt, kind=kind, bias=b)
                  for w, b in zip(ws, biases))
+  if kind == "mma" and not interpret and config is None and all(
+      use_wgmma(m, w.shape[0], k, fmt, x.dtype) for w in ws):
+    # One Mosaic GPU launch per weight: each already fills the GPU (split-K).
+    return tuple(_run_wgmma(x, w, fmt, None, b, device) for w, b in zip(ws, biases))
   nc = k // (2 * scales_lib.chunk_bytes(fmt.blocksize))
   if config is None:
     config = get_config(kind, m, n_total, k, fmt.blocksize, device)

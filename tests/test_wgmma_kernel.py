@@ -1,0 +1,115 @@
+"""The Mosaic GPU tensor-core kernel (``lut_matmul/wgmma.py``) against its contract.
+
+Its contract is the Triton tensor-core kernel's (``lut_matmul_reference(kind="mma")``):
+the exact float32 weight rounded once to ``x.dtype``, float32 accumulation. Mosaic GPU
+has no interpreter for inline PTX, so the CPU checks what can be checked without the
+device: the decoder's K order against Mosaic's own layout description, the activation
+permutation, the launch fitting, and that every kernel variant builds (traces and
+lowers for CUDA). On an sm_90 GPU the compiled kernel meets the exact product under
+the same bound as the other kernels (``check_close``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import pallas_kernels
+from pallas_kernels._src.lut_matmul import api as lut_api
+from pallas_kernels._src.lut_matmul import wgmma
+from tests.test_lut_kernels import kernel_weight
+from tests.test_matmul_kernels import check_close, make_weight
+
+HOPPER = wgmma.available()
+
+
+def test_decoder_order_is_what_mosaic_layout_gives():
+  assert sorted(wgmma.PERMUTATION.tolist()) == list(range(64))
+  np.testing.assert_array_equal(wgmma.derive_permutation(), wgmma.PERMUTATION)
+
+
+def test_permuted_activations_meet_the_permuted_weight():
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((3, 128))
+  w = rng.standard_normal((5, 128))
+  w_log = np.empty_like(w)
+  for blk in range(2):  # the decoder puts real column k of each block at PERMUTATION[k]
+    w_log[:, 64 * blk + wgmma.PERMUTATION] = w[:, 64 * blk:64 * blk + 64]
+  x_log = np.asarray(wgmma.permute_activations(jnp.asarray(x, jnp.float32)), np.float64)
+  assert not np.allclose(x_log, x)
+  np.testing.assert_allclose(x_log @ w_log.T, x @ w.T, rtol=1e-5)
+
+
+def test_fit_divides_the_shape_and_stays_in_shared_memory():
+  cfg = wgmma.fit(wgmma.WgmmaConfig(tile_k=256, sub=4, steps=6), 256, 192, 4096)
+  assert 192 % (64 * cfg.sub) == 0 and 4096 % (cfg.tile_k * cfg.split_k) == 0
+  assert wgmma.smem_bytes(256, cfg.tile_k, cfg.sub, cfg.steps) <= wgmma.SMEM_LIMIT
+  small = wgmma.fit(wgmma.WgmmaConfig(), 16, 8192, 8192)
+  assert small.split_k == 8 and small.steps == 4  # 1024 CTAs: the fastest at M = 16
+  assert wgmma.fit(wgmma.WgmmaConfig(), 128, 8192, 8192).split_k == 1
+  assert wgmma.fit(wgmma.WgmmaConfig(tile_k=256), 16, 64, 192).tile_k == 64
+  with pytest.raises(ValueError, match="tile_k"):
+    wgmma.WgmmaConfig(tile_k=96)
+  with pytest.raises(ValueError, match="split_k"):
+    wgmma.WgmmaConfig(split_k=-1)
+
+
+def test_support_and_the_error_off_hopper():
+  w, fmt = make_weight(64, 256, 64, "float", seed=1)
+  assert wgmma.supports(64, 256, fmt, jnp.bfloat16)
+  assert not wgmma.supports(64, 256, fmt, jnp.float32)
+  assert not wgmma.supports(48, 256, fmt, jnp.bfloat16)
+  _, fmt32 = make_weight(64, 256, 32, "byte", seed=1)
+  assert not wgmma.supports(64, 256, fmt32, jnp.bfloat16)
+  if not HOPPER:
+    assert not lut_api.use_wgmma(16, 64, 256, fmt, jnp.bfloat16)
+    x = jnp.ones((16, 256), jnp.bfloat16)
+    with pytest.raises(ValueError, match="sm_90"):
+      pallas_kernels.matmul_lut(x, w, fmt=fmt, kind="mma", config=wgmma.WgmmaConfig(),
+                                implementation="pallas", interpret=False)
+
+
+LOWER_CASES = [  # n, k, m, blocksize, encoding, dtype, config
+    (128, 512, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig()),
+    (192, 1024, 5, 128, "nested", "float16", wgmma.WgmmaConfig(tile_k=256, sub=4, steps=3)),
+    (64, 256, 200, 256, "float*", "bfloat16", wgmma.WgmmaConfig(tile_k=64, split_k=2,
+                                                                overlap=True)),
+]
+
+
+@pytest.mark.parametrize("n,k,m,bs,encoding,dtype,config", LOWER_CASES)
+def test_every_variant_lowers_for_cuda(n, k, m, bs, encoding, dtype, config):
+  w, fmt = make_weight(n, k, bs, encoding, seed=3)
+  x = jax.ShapeDtypeStruct((m, k), jnp.dtype(dtype))
+  f = jax.jit(lambda x, w: wgmma.wgmma_4bit(x, w, fmt=fmt, config=config))
+  text = f.trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
+  assert "mosaic_gpu" in text
+
+
+GPU_CASES = [  # n, k, m, blocksize, encoding, dtype, config
+    (128, 1024, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig()),
+    (256, 2048, 5, 64, "nested", "bfloat16", wgmma.WgmmaConfig(sub=2, split_k=2)),
+    (192, 1024, 64, 128, "byte", "float16", wgmma.WgmmaConfig(tile_k=256, sub=4, steps=3)),
+    (64, 512, 200, 256, "float*", "bfloat16", wgmma.WgmmaConfig(tile_k=64, split_k=2)),
+    (320, 768, 33, 64, "nested", "float16", wgmma.WgmmaConfig(tile_k=256, split_k=3)),
+    (128, 2048, 24, 64, "float", "bfloat16", wgmma.WgmmaConfig(sub=2, overlap=True)),
+]
+
+
+@pytest.mark.skipif(not HOPPER, reason="the compiled kernel needs an sm_90 GPU")
+@pytest.mark.parametrize("n,k,m,bs,encoding,dtype,config", GPU_CASES)
+def test_compiled_kernel_meets_the_exact_product(n, k, m, bs, encoding, dtype, config):
+  w, fmt = make_weight(n, k, bs, encoding, seed=n + k + m)
+  rng = np.random.default_rng(m)
+  x = jnp.asarray(rng.standard_normal((m, k)), jnp.dtype(dtype))
+  bias = jnp.asarray(rng.standard_normal(n), jnp.float32)
+  wk = kernel_weight(w, fmt, "mma", "shfl", jnp.dtype(dtype))
+  got = pallas_kernels.matmul_lut(x, w, fmt=fmt, bias=bias, kind="mma", config=config,
+                                  implementation="pallas")
+  assert got.dtype == jnp.dtype(dtype) and got.shape == (m, n)
+  check_close(got, x, wk, dtype, False, bias)
+  default = pallas_kernels.matmul_lut(x, w, fmt=fmt, bias=bias, kind="mma",
+                                      implementation="pallas")  # the dispatch's own config
+  check_close(default, x, wk, dtype, False, bias)
