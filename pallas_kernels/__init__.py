@@ -1,6 +1,8 @@
 """Pallas GPU kernels for packed 4-bit data, each beside its pure-jnp reference.
 
-Nothing outside this package imports ``jax.experimental.pallas``.
+Nothing outside this package imports ``jax.experimental.pallas``. The kernels are
+``pl.pallas_call`` kernels lowered through Triton, except ``wgmma_4bit`` (Pallas Mosaic GPU,
+Hopper).
 """
 
 from pallas_kernels._src.dequantize_4bit.api import dequantize_blocks as dequantize_blocks
@@ -19,6 +21,8 @@ from pallas_kernels._src.lut_matmul.mma import mma_4bit_group_triton as mma_4bit
 from pallas_kernels._src.lut_matmul.mma import mma_4bit_triton as mma_4bit_triton
 from pallas_kernels._src.lut_matmul.reference import (
     lut_matmul_reference as lut_matmul_reference)
+from pallas_kernels._src.lut_matmul.wgmma import WgmmaConfig as WgmmaConfig
+from pallas_kernels._src.lut_matmul.wgmma import wgmma_4bit as wgmma_4bit
 from pallas_kernels._src.matmul_4bit.api import matmul_packed as matmul_packed
 from pallas_kernels._src.matmul_4bit.config import MatmulConfig as MatmulConfig
 from pallas_kernels._src.matmul_4bit.reference import (
@@ -53,6 +57,8 @@ __all__ = (
     "matmul_lut_group",
     "mma_4bit_group_triton",
     "mma_4bit_triton",
+    "WgmmaConfig",
+    "wgmma_4bit",
     "DequantizeConfig",
     "MatmulConfig",
     "PackedWeight",

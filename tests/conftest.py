@@ -49,3 +49,16 @@ def auto_mesh(shape, names):
     pytest.skip(f"needs {n} devices, {jax.device_count()} visible (CPU runs get 8 virtual ones)")
   devices = np.array(jax.devices()[:n]).reshape(shape)
   return jax.sharding.Mesh(devices, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))
+
+
+# The longest files first (CPU timings of the suite): pytest-xdist hands tests out in
+# collection order, so a minute-long README test collected last would leave one of CI's
+# two workers idle at the end.
+_SLOW_FIRST = ("tests/test_readme.py", "tests/test_examples.py", "tests/test_llama_parallel.py",
+               "tests/test_example_calibrate_minilm.py", "tests/test_example_minilm.py",
+               "tests/test_fp4_training.py", "tests/test_qlora_step.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  items.sort(key=lambda item: not item.nodeid.startswith(_SLOW_FIRST))  # a stable sort

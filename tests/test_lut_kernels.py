@@ -171,7 +171,9 @@ def test_config_validation_and_fit():
 
 def test_dispatch_and_recorded_configs():
   h100 = "nvidia_h100_80gb_hbm3"
-  assert lut_api.limits(h100) == {"gemv_max_m": 4, "mma_max_m": 128}
+  lim = lut_api.limits(h100)
+  assert (lim["gemv_max_m"], lim["mma_max_m"]) == (4, 128) and lim["wgmma_max_m"] in (0, 128)
+  assert lut_api.limits("unknown_gpu")["wgmma_max_m"] == 0  # Mosaic only where measured
   assert lut_api.limits("unknown_gpu") == lut_api.DEFAULT_LIMITS
   assert lut_api.choose_kind(1, jnp.float32, h100) == "gemv"
   assert lut_api.choose_kind(8, jnp.float32, h100) is None

@@ -18,7 +18,7 @@ import pytest
 
 import pallas_kernels
 from pallas_kernels._src.lut_matmul import api as lut_api
-from pallas_kernels._src.lut_matmul import wgmma
+from pallas_kernels._src.lut_matmul import wgmma, wgmma_layout
 from tests.test_lut_kernels import kernel_weight
 from tests.test_matmul_kernels import check_close, make_weight
 
@@ -26,8 +26,8 @@ HOPPER = wgmma.available()
 
 
 def test_decoder_order_is_what_mosaic_layout_gives():
-  assert sorted(wgmma.PERMUTATION.tolist()) == list(range(64))
-  np.testing.assert_array_equal(wgmma.derive_permutation(), wgmma.PERMUTATION)
+  assert sorted(wgmma_layout.PERMUTATION.tolist()) == list(range(64))
+  np.testing.assert_array_equal(wgmma_layout.derive_permutation(), wgmma_layout.PERMUTATION)
 
 
 def test_permuted_activations_meet_the_permuted_weight():
@@ -36,8 +36,8 @@ def test_permuted_activations_meet_the_permuted_weight():
   w = rng.standard_normal((5, 128))
   w_log = np.empty_like(w)
   for blk in range(2):  # the decoder puts real column k of each block at PERMUTATION[k]
-    w_log[:, 64 * blk + wgmma.PERMUTATION] = w[:, 64 * blk:64 * blk + 64]
-  x_log = np.asarray(wgmma.permute_activations(jnp.asarray(x, jnp.float32)), np.float64)
+    w_log[:, 64 * blk + wgmma_layout.PERMUTATION] = w[:, 64 * blk:64 * blk + 64]
+  x_log = np.asarray(wgmma_layout.permute_activations(jnp.asarray(x, jnp.float32)), np.float64)
   assert not np.allclose(x_log, x)
   np.testing.assert_allclose(x_log @ w_log.T, x @ w.T, rtol=1e-5)
 
@@ -54,6 +54,16 @@ def test_fit_divides_the_shape_and_stays_in_shared_memory():
     wgmma.WgmmaConfig(tile_k=96)
   with pytest.raises(ValueError, match="split_k"):
     wgmma.WgmmaConfig(split_k=-1)
+
+
+def test_slab_only_where_a_tma_box_and_the_scales_allow():
+  _, fmt = make_weight(64, 256, 64, "float", seed=1)
+  cfg = wgmma.fit(wgmma.WgmmaConfig(), 16, 256, 4096)
+  assert wgmma.slab_ok(fmt, 16, 4096, cfg)  # 8 scales of 64 per CTA row: 32 bytes
+  assert not wgmma.slab_ok(fmt, 16, 1024, wgmma.fit(wgmma.WgmmaConfig(), 16, 256, 1024))
+  for encoding in ("float*", "nested", "byte"):  # a multiplier or coded scales: XLA decodes
+    _, other = make_weight(64, 256, 64, encoding, seed=1)
+    assert not wgmma.slab_ok(other, 16, 4096, cfg)
 
 
 def test_support_and_the_error_off_hopper():
@@ -76,6 +86,7 @@ LOWER_CASES = [  # n, k, m, blocksize, encoding, dtype, config
     (192, 1024, 5, 128, "nested", "float16", wgmma.WgmmaConfig(tile_k=256, sub=4, steps=3)),
     (64, 256, 200, 256, "float*", "bfloat16", wgmma.WgmmaConfig(tile_k=64, split_k=2,
                                                                 overlap=True)),
+    (256, 4096, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig(slab=True)),
 ]
 
 
@@ -95,6 +106,9 @@ GPU_CASES = [  # n, k, m, blocksize, encoding, dtype, config
     (64, 512, 200, 256, "float*", "bfloat16", wgmma.WgmmaConfig(tile_k=64, split_k=2)),
     (320, 768, 33, 64, "nested", "float16", wgmma.WgmmaConfig(tile_k=256, split_k=3)),
     (128, 2048, 24, 64, "float", "bfloat16", wgmma.WgmmaConfig(sub=2, overlap=True)),
+    (256, 4096, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig(slab=True)),
+    (256, 4096, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig()),
+    (128, 4096, 24, 128, "float", "float16", wgmma.WgmmaConfig(sub=2, overlap=True, slab=True)),
 ]
 
 

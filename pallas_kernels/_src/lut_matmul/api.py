@@ -22,8 +22,10 @@ from pallas_kernels._src.matmul_4bit.weight import (PackedWeight, WeightFormat, 
 
 # Crossovers when nothing is recorded for the device kind (measured on an H100,
 # 8192 x 8192 NF4, docs/benchmarks.md): the CUDA-core GEMV up to 4 rows of x,
-# the tensor-core kernel up to 128, dequantize + cuBLAS above.
-DEFAULT_LIMITS = {"gemv_max_m": 4, "mma_max_m": 128}
+# the tensor-core kernel up to 128, dequantize + cuBLAS above. The Mosaic GPU
+# tensor-core kernel runs only on device kinds where it was measured and its limit
+# recorded ("wgmma_max_m"); elsewhere the tensor-core kind is the Triton kernel.
+DEFAULT_LIMITS = {"gemv_max_m": 4, "mma_max_m": 128, "wgmma_max_m": 0}
 
 # Configs measured on an H100 (tools/sweep_lut_kernels.py, 8192 x 8192) by M bucket.
 _DEFAULT_CONFIGS = {
@@ -42,10 +44,15 @@ _DEFAULT_CONFIGS = {
 WGMMA_MAX_M = 256
 
 
-def use_wgmma(m: int, n: int, k: int, fmt: WeightFormat, dtype) -> bool:
-  """The tensor-core kind runs the Mosaic GPU kernel (Hopper, JAX's Mosaic GPU backend,
-  a shape and format it takes), else the Triton one."""
-  return m <= WGMMA_MAX_M and wgmma_lib.supports(n, k, fmt, dtype) and wgmma_lib.available()
+def use_wgmma(m: int, n: int, k: int, fmt: WeightFormat, dtype,
+              device_kind: str | None = None) -> bool:
+  """The tensor-core kind runs the Mosaic GPU kernel: JAX's Mosaic GPU backend on an
+  sm_90 GPU whose kind has the kernel's limit recorded, and a shape and format it takes;
+  else the Triton one."""
+  if not (wgmma_lib.supports(n, k, fmt, dtype) and wgmma_lib.available()):
+    return False
+  device_kind = device_kind or common.device_kind()
+  return m <= min(WGMMA_MAX_M, limits(device_kind)["wgmma_max_m"])
 
 
 def limits(device_kind: str | None) -> dict[str, int]:
@@ -119,9 +126,10 @@ def matmul_lut(
     kind: ``"gemv"`` or ``"mma"`` (default: by M, :func:`choose_kind`; M past
       both limits still runs ``"mma"``).
     config: launch config (default: recorded for this device kind, or H100's).
-      For ``"mma"`` on a Hopper GPU the Mosaic GPU kernel runs
-      (``pallas_kernels._src.lut_matmul.wgmma``) unless a Triton
-      :class:`LutConfig` is given; a ``WgmmaConfig`` asks for it.
+      For ``"mma"`` a ``WgmmaConfig`` runs the Mosaic GPU kernel
+      (``pallas_kernels._src.lut_matmul.wgmma``, sm_90 only); without a
+      config it runs where its limit is recorded for the device kind
+      (``"wgmma_max_m"`` in ``data/matmul_4bit.json``), else Triton's.
     implementation: None (the kernel on a GPU, else the reference), ``"xla"``
       or ``"pallas"`` (interpret mode off the GPU).
     interpret: run in the Pallas interpreter (default: off the GPU).
@@ -146,7 +154,7 @@ def matmul_lut(
     return lut_matmul_reference(x, w, fmt=fmt, kind=kind, bias=bias)
   if kind == "mma" and not interpret and (
       isinstance(config, wgmma_lib.WgmmaConfig)
-      or (config is None and use_wgmma(m, n, k, fmt, x.dtype))):
+      or (config is None and use_wgmma(m, n, k, fmt, x.dtype, device))):
     return _run_wgmma(x, w, fmt, config, bias, device)
   if config is None:
     config = get_config(kind, m, n, k, fmt.blocksize, device)
@@ -221,7 +229,7 @@ def matmul_lut_group(
     return tuple(lut_matmul_reference(x, w, fmt=fmt, kind=kind, bias=b)
                  for w, b in zip(ws, biases))
   if kind == "mma" and not interpret and config is None and all(
-      use_wgmma(m, w.shape[0], k, fmt, x.dtype) for w in ws):
+      use_wgmma(m, w.shape[0], k, fmt, x.dtype, device) for w in ws):
     # One Mosaic GPU launch per weight: each already fills the GPU (split-K).
     return tuple(_run_wgmma(x, w, fmt, None, b, device) for w, b in zip(ws, biases))
   nc = k // (2 * scales_lib.chunk_bytes(fmt.blocksize))

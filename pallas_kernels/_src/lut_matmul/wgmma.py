@@ -19,11 +19,13 @@ word order, not in the weight's K order: within each 64-weight block, real index
 ``k`` sits at logical index ``PERMUTATION[k]`` (bitsandbytes' high-nibble-first bytes,
 little-endian words, WGMMA's column pairs). The activations are permuted the same
 way once per product (a gather XLA fuses into the copy it makes anyway), so the
-product is unchanged. :func:`derive_permutation` recomputes the permutation from
-Mosaic's own layout description; a test holds the two equal.
+product is unchanged (``wgmma_layout``: the permutation, and its derivation from Mosaic's
+own layout description, which a test holds equal to it).
 
 Needs JAX's Mosaic GPU backend and an sm_90 GPU; :func:`available` says whether this
-process has both. Scales are float32 per 64 weights, in ``[K/64, N]`` order (a TMA
+process has both. ``matmul_lut(kind="mma")`` runs this kernel when given a
+:class:`WgmmaConfig`, and by default only on device kinds with a recorded limit
+(``lut_matmul.api.use_wgmma``). Scales are float32 per 64 weights, in ``[K/64, N]`` order (a TMA
 box needs 16 bytes along its minor dimension): :func:`kernel_scales` makes them,
 double quantization and byte-coded scales decoded by XLA on the way.
 """
@@ -31,14 +33,15 @@ double quantization and byte-coded scales decoded by XLA on the way.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels._src import common
+from pallas_kernels._src.lut_matmul.wgmma_layout import BLOCK, ROWS, permute_activations
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, combine_scales
 
 try:  # Mosaic GPU ships with jaxlib; its Python side changes between JAX releases.
@@ -47,25 +50,20 @@ try:  # Mosaic GPU ships with jaxlib; its Python side changes between JAX releas
   from jax.experimental.mosaic.gpu import fragmented_array as fa
   from jax.experimental.mosaic.gpu import utils as mgpu_utils
   from jax._src.lib.mlir import ir
-  from jax._src.lib.mlir.dialects import arith, llvm, vector
+  from jax._src.lib.mlir.dialects import arith, llvm, memref, vector
   _IMPORTED = True
 except ImportError:  # pragma: no cover - depends on the installed jaxlib
   _IMPORTED = False
 
-BLOCK = 64  # weights per scale inside the kernel (a bnb block of 64, or a part of a larger one)
-ROWS = 64   # rows of W per warpgroup MMA
-# Real K index -> logical K index within a 64-weight block (see the module docstring).
-PERMUTATION = np.array([
-    1, 0, 9, 8, 17, 16, 25, 24, 33, 32, 41, 40, 49, 48, 57, 56,
-    3, 2, 11, 10, 19, 18, 27, 26, 35, 34, 43, 42, 51, 50, 59, 58,
-    5, 4, 13, 12, 21, 20, 29, 28, 37, 36, 45, 44, 53, 52, 61, 60,
-    7, 6, 15, 14, 23, 22, 31, 30, 39, 38, 47, 46, 55, 54, 63, 62])
-_GATHER = np.argsort(PERMUTATION)  # x_logical[..., j] = x[..., _GATHER[j]]
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WgmmaConfig:
   """Launch parameters of the Mosaic GPU kernel.
+
+  Example:
+    >>> from pallas_kernels import WgmmaConfig
+    >>> from pallas_kernels._src.lut_matmul.wgmma import fit
+    >>> fit(WgmmaConfig(sub=2), 16, 4096, 4096).name()  # 16 rows of x, W[4096, 4096]
+    'wgmma,k128,s8,r2,p4'
 
   Attributes:
     tile_k: weights of K per pipeline step (64, 128 or 256).
@@ -74,6 +72,9 @@ class WgmmaConfig:
     steps: pipeline depth (TMA copies in flight per CTA).
     overlap: leave the last wgmma of a step running into the next step's decode
       (``wgmma_wait(1)``; the activations' buffer is then released a step later).
+    slab: read float32 scales as stored (``[N, K/blocksize]``): each CTA copies its rows'
+      scales for its K range into shared memory once, instead of XLA transposing them
+      to ``[K/64, N]`` before every product (unnested formats without a multiplier).
   """
 
   tile_k: int = 128
@@ -81,6 +82,7 @@ class WgmmaConfig:
   sub: int = 1
   steps: int = 4
   overlap: bool = False
+  slab: bool = False
 
   def __post_init__(self):
     if self.tile_k not in (64, 128, 256):
@@ -93,7 +95,7 @@ class WgmmaConfig:
 
   def name(self) -> str:
     return (f"wgmma,k{self.tile_k},s{self.split_k},r{self.sub},p{self.steps}"
-            + (",ov" if self.overlap else ""))
+            + (",ov" if self.overlap else "") + (",slab" if self.slab else ""))
 
 
 def available() -> bool:
@@ -110,22 +112,17 @@ def supports(n: int, k: int, fmt: WeightFormat, dtype) -> bool:
           and fmt.blocksize % BLOCK == 0 and jnp.dtype(dtype).name in ("bfloat16", "float16"))
 
 
-def permute_activations(x: jax.Array) -> jax.Array:
-  """``x[..., K]`` in the decoder's K order (``x_out[..., PERMUTATION[k]] = x[..., k]``)."""
-  *lead, k = x.shape
-  blocks = x.reshape(*lead, k // BLOCK, BLOCK)
-  return jnp.take(blocks, jnp.asarray(_GATHER, jnp.int32), axis=-1).reshape(*lead, k)
-
-
 def kernel_scales(w: PackedWeight, fmt: WeightFormat) -> jax.Array:
   """float32 scale per row and 64 weights, as ``[K/64, N]``."""
   n, nkb = w.scales.shape
   if fmt.scale_kind == "float":
     s = combine_scales(w.scales, None, None, fmt)
   else:
+    assert w.scale_table is not None  # check_weight: byte scales come with their table
     base = w.scale_table[w.scales.astype(jnp.int32)]
     group = offset = None
     if fmt.nested_blocksize:
+      assert w.group_scales is not None and w.offset is not None
       blocks = jnp.arange(n * nkb, dtype=jnp.int32).reshape(n, nkb)
       group = w.group_scales[jnp.minimum(blocks // fmt.nested_blocksize,
                                          w.group_scales.shape[0] - 1)]
@@ -179,26 +176,51 @@ def smem_bytes(m: int, tile_k: int, sub: int, steps: int) -> int:
 
 def _load(ref, layout):
   # JAX 0.10 requires plgpu.load's index argument; JAX 0.11 deprecates it.
-  if inspect.signature(plgpu.load).parameters["idx"].default is inspect.Parameter.empty:
-    return plgpu.load(ref, None, layout=layout, optimized=False)
-  return plgpu.load(ref, layout=layout, optimized=False)
+  load: Any = plgpu.load
+  if inspect.signature(load).parameters["idx"].default is inspect.Parameter.empty:
+    return load(ref, None, layout=layout, optimized=False)
+  return load(ref, layout=layout, optimized=False)
 
 
-def _decoder(tile_k: int, dtype):
+def _asm(result_type, operands, text: str, constraints: str) -> Any:
+  """One PTX instruction with one result (``llvm.inline_asm``, present in every JAX
+  this supports; Mosaic's own ``inline_ptx`` helper is not)."""
+  return llvm.inline_asm(result_type, operands, text, constraints)
+
+
+def _decoder(tile_k: int, dtype, slab_rows: int | None = None):
   """``decode(words, table, *scales)``: int32 ``[64, tile_k/8]`` words (WGMMA layout), the
   table (lane ``t`` holds entry ``t % 16``) and one ``[64]`` scale column per 64 weights ->
-  the ``[64, tile_k]`` operand in ``dtype``, WGMMA layout, logical K order."""
+  the ``[64, tile_k]`` operand in ``dtype``, WGMMA layout, logical K order.
+
+  With ``slab_rows`` (the first row of this tile in the slab), ``scales`` is the shared
+  memory slab ``[tile_n, cols]`` and one int32 column index per 64 weights: each thread
+  reads its two rows' scales itself (a strided view of the slab cannot be loaded)."""
   nblk = tile_k // BLOCK
   cvt = "cvt.rn.bf16x2.f32" if jnp.dtype(dtype) == jnp.bfloat16 else "cvt.rn.f16x2.f32"
+  scale_types: tuple[Any, ...]
+  if slab_rows is None:
+    scale_types = tuple(plgpu.Layout.WGMMA.reduce(1) for _ in range(nblk))
+  else:
+    scale_types = (plgpu.RefType(),) + tuple(plgpu.Layout.WG_SPLAT(()) for _ in range(nblk))
 
   @plgpu.inline_mgpu(
       arg_types=(plgpu.Layout.WGMMA, plgpu.Layout.WG_STRIDED((128,), vec_size=1))
-      + tuple(plgpu.Layout.WGMMA.reduce(1) for _ in range(nblk)),
+      + scale_types,
       return_type=plgpu.ShapeDtypeStruct((ROWS, tile_k), dtype, layout=plgpu.Layout.WGMMA),
   )
   def decode(ctx, words, table, *scales):
     del ctx
     i32, f32 = ir.IntegerType.get_signless(32), ir.F32Type.get()
+    index = ir.IndexType.get()
+    if slab_rows is not None:  # rows 16 * warp + lane / 4 + 8 * h of the tile
+      slab, cols = scales[0], [c.registers.flat[0] for c in scales[1:]]
+      tid = mgpu_utils.thread_idx()
+      c = lambda v: mgpu_utils.c(v, i32)
+      base = arith.addi(arith.muli(arith.remui(arith.divui(tid, c(32)), c(4)), c(16)),
+                        arith.divui(arith.remui(tid, c(32)), c(4)))
+      base = arith.addi(base, c(slab_rows))
+      col_idx = [arith.index_cast(index, col) for col in cols]
     half = ir.BF16Type.get() if jnp.dtype(dtype) == jnp.bfloat16 else ir.F16Type.get()
     pick = lambda v, i: vector.extract(v, dynamic_position=[],
                                        static_position=ir.DenseI64ArrayAttr.get([i]))
@@ -209,19 +231,22 @@ def _decoder(tile_k: int, dtype):
     # hold its columns 8g + 2(lane % 4) + {0, 1}.
     for idx in np.ndindex(words.registers.shape):
       j, h = idx[1], idx[4]
-      scale = pick(scales[j].registers[(0, 0, h, 0, 0)], 0)
+      if slab_rows is None:
+        scale = pick(scales[j].registers[(0, 0, h, 0, 0)], 0)
+      else:
+        row = arith.index_cast(index, arith.addi(base, mgpu_utils.c(8 * h, i32)))
+        scale = memref.load(slab, [row, col_idx[j]])
       vals = []
       for w in range(2):
         word = pick(words.registers[idx], w)
         for p in range(8):
           # shfl.idx reads bits 0-3 of the lane operand (segment mask 0x10): no masking.
-          code = word if p == 0 else arith.shrui(word, arith.constant(i32, 4 * p))
-          v = llvm.inline_asm(f32, [tab, code],
-                              "shfl.sync.idx.b32 $0, $1, $2, 0x101f, 0xffffffff;", "=f,f,r")
+          code = word if p == 0 else arith.shrui(word, mgpu_utils.c(4 * p, i32))
+          v = _asm(f32, [tab, code], "shfl.sync.idx.b32 $0, $1, $2, 0x101f, 0xffffffff;",
+                   "=f,f,r")
           vals.append(arith.mulf(v, scale))
       for q in range(8):
-        pair = llvm.inline_asm(i32, [vals[2 * q + 1], vals[2 * q]], f"{cvt} $0, $1, $2;",
-                               "=r,f,f")
+        pair = _asm(i32, [vals[2 * q + 1], vals[2 * q]], f"{cvt} $0, $1, $2;", "=r,f,f")
         reg = list(idx)
         reg[1] = 8 * j + q  # code e = 8 * (2j + w) + p sits in operand register e // 2
         out[tuple(reg)] = mgpu_utils.bitcast(pair, ir.VectorType.get((2,), half))
@@ -230,13 +255,26 @@ def _decoder(tile_k: int, dtype):
   return decode
 
 
-def wgmma_partials(x_log: jax.Array, words: jax.Array, scales_t: jax.Array, table: jax.Array,
-                   *, config: WgmmaConfig) -> jax.Array:
+def slab_ok(fmt: WeightFormat, m: int, k: int, config: WgmmaConfig) -> bool:
+  """The stored scales can be read as a slab: float32, no multiplier, a CTA's scale row
+  (``K / split_k / blocksize`` floats) is a whole TMA box (16-byte multiple, <= 256) and
+  the slab fits in shared memory beside the pipeline."""
+  cols = k // config.split_k // fmt.blocksize
+  slab_bytes = ROWS * config.sub * cols * 4
+  return (fmt.scale_kind == "float" and fmt.scale_multiplier == 1.0
+          and (cols * 4) % 16 == 0 and 0 < cols <= 256
+          and smem_bytes(m, config.tile_k, config.sub, config.steps) + slab_bytes <= SMEM_LIMIT)
+
+
+def wgmma_partials(x_log: jax.Array, words: jax.Array, scales: jax.Array, table: jax.Array,
+                   *, config: WgmmaConfig, blocksize: int = BLOCK,
+                   slab: bool = False) -> jax.Array:
   """float32 ``[split_k, N, Mp]`` partial sums of ``W · x_logᵀ``.
 
   ``x_log``: ``[Mp, K]`` 16-bit activations in the decoder's K order, ``Mp % 8 == 0``;
-  ``words``: int32 ``[N, K/8]``; ``scales_t``: float32 ``[K/64, N]``; ``table``: float32
-  ``[128]`` (entry ``t % 16`` at ``t``); ``config`` already :func:`fit` to the shape.
+  ``words``: int32 ``[N, K/8]``; ``scales``: float32 ``[K/64, N]`` (:func:`kernel_scales`),
+  or with ``slab`` the stored ``[N, K/blocksize]``; ``table``: float32 ``[128]`` (entry
+  ``t % 16`` at ``t``); ``config`` already :func:`fit` to the shape.
   """
   mp, k = x_log.shape
   n = words.shape[0]
@@ -244,56 +282,70 @@ def wgmma_partials(x_log: jax.Array, words: jax.Array, scales_t: jax.Array, tabl
   tile_n = ROWS * sub
   nblk = tile_k // BLOCK
   k_iters = k // (split * tile_k)
+  cols = k // split // blocksize  # slab columns per CTA
   x_swizzle = plgpu.find_swizzle(tile_k * 16, "rhs")
   decode = _decoder(tile_k, x_log.dtype)
+  slab_decode = [_decoder(tile_k, x_log.dtype, t * ROWS) for t in range(sub)] if slab else []
+  rows_of = lambda t: pl.ds(t * ROWS, ROWS)
 
-  def kernel(x_gmem, w_gmem, s_gmem, t_gmem, o_gmem, o_smem):
+  def kernel(x_gmem, w_gmem, s_gmem, t_gmem, o_gmem, o_smem, *slab_refs):
     ni, ks = jax.lax.axis_index("n"), jax.lax.axis_index("k")
     tab = _load(t_gmem, plgpu.Layout.WG_STRIDED((128,), vec_size=1))
+    if slab:  # this CTA's scales, once: [tile_n, cols] of the stored [N, K / blocksize]
+      s_slab, barrier = slab_refs
+      plgpu.copy_gmem_to_smem(
+          s_gmem.at[pl.ds(ni * tile_n, tile_n), pl.ds(ks * cols, cols)], s_slab, barrier)
+      plgpu.barrier_wait(barrier)
 
     def accumulate(*accs):
-      def step(_, x_smem, w_smem, s_smem):
+      def step(idx, x_smem, w_smem, *s_step):
         xt = x_smem.transpose((1, 0))
         for t in range(sub):  # decode tile t while the wgmma of tile t - 1 runs
-          rows = pl.ds(t * ROWS, ROWS)
-          a = decode(_load(w_smem.at[rows], plgpu.Layout.WGMMA), tab,
-                     *(_load(s_smem.at[b, rows], plgpu.Layout.WGMMA.reduce(1))
-                       for b in range(nblk)))
+          w = _load(w_smem.at[rows_of(t)], plgpu.Layout.WGMMA)
+          if slab:
+            first = idx[0] * tile_k
+            a = slab_decode[t](w, tab, s_slab, *((first + b * BLOCK) // blocksize
+                                                for b in range(nblk)))
+          else:
+            a = decode(w, tab, *(_load(s_step[0].at[b, rows_of(t)],
+                                       plgpu.Layout.WGMMA.reduce(1)) for b in range(nblk)))
           plgpu.wgmma(accs[t], a, xt)
         plgpu.wgmma_wait(1 if config.overlap else 0)
 
-      plgpu.emit_pipeline(
-          step,
-          grid=(k_iters,),
-          in_specs=[
-              plgpu.BlockSpec((mp, tile_k), lambda kk: (0, ks * k_iters + kk),
-                              transforms=(plgpu.TilingTransform((8, x_swizzle // 2)),
-                                          plgpu.SwizzleTransform(x_swizzle)),
-                              delay_release=int(config.overlap)),
-              plgpu.BlockSpec((tile_n, tile_k // 8), lambda kk: (ni, ks * k_iters + kk)),
-              plgpu.BlockSpec((nblk, tile_n), lambda kk: (ks * k_iters + kk, ni)),
-          ],
-          max_concurrent_steps=steps,
-      )(x_gmem, w_gmem, s_gmem)
+      specs = [
+          plgpu.BlockSpec((mp, tile_k), lambda kk: (0, ks * k_iters + kk),
+                          transforms=(plgpu.TilingTransform((8, x_swizzle // 2)),
+                                      plgpu.SwizzleTransform(x_swizzle)),
+                          delay_release=int(config.overlap)),
+          plgpu.BlockSpec((tile_n, tile_k // 8), lambda kk: (ni, ks * k_iters + kk)),
+      ]
+      operands = [x_gmem, w_gmem]
+      if not slab:
+        specs.append(plgpu.BlockSpec((nblk, tile_n), lambda kk: (ks * k_iters + kk, ni)))
+        operands.append(s_gmem)
+      plgpu.emit_pipeline(step, grid=(k_iters,), in_specs=specs,
+                          max_concurrent_steps=steps)(*operands)
       if config.overlap:
         plgpu.wgmma_wait(0)
       return tuple(acc[...] for acc in accs)
 
     accs = pl.run_scoped(accumulate, *(plgpu.ACC((ROWS, mp)) for _ in range(sub)))
     for t, acc in enumerate(accs):
-      o_smem[pl.ds(t * ROWS, ROWS)] = acc
+      o_smem[rows_of(t)] = acc
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(o_smem, o_gmem.at[ks, pl.ds(ni * tile_n, tile_n)])
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
+  scratch: list[Any] = [plgpu.SMEM((tile_n, cols), jnp.float32),
+                        plgpu.Barrier(num_arrivals=1)] if slab else []
   call = plgpu.kernel(
       kernel,
       out_type=jax.ShapeDtypeStruct((split, n, mp), jnp.float32),
       grid=(n // tile_n, split),
       grid_names=("n", "k"),
-      scratch_types=dict(o_smem=plgpu.SMEM((tile_n, mp), jnp.float32)),
+      scratch_types=[plgpu.SMEM((tile_n, mp), jnp.float32), *scratch],
   )
-  return call(x_log, words, scales_t, table)
+  return call(x_log, words, scales, table)
 
 
 def wgmma_4bit(x: jax.Array, w: PackedWeight, *, fmt: WeightFormat, config: WgmmaConfig,
@@ -306,53 +358,12 @@ def wgmma_4bit(x: jax.Array, w: PackedWeight, *, fmt: WeightFormat, config: Wgmm
   words = jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.int32)
   x_log = permute_activations(jnp.pad(x, ((0, mp - m), (0, 0))) if mp != m else x)
   table = jnp.asarray(np.tile(np.asarray(fmt.lut, np.float32), 8))
-  part = wgmma_partials(x_log, words, kernel_scales(w, fmt), table, config=config)
+  if config.slab and slab_ok(fmt, mp, k, config):
+    part = wgmma_partials(x_log, words, w.scales, table, config=config,
+                          blocksize=fmt.blocksize, slab=True)
+  else:
+    part = wgmma_partials(x_log, words, kernel_scales(w, fmt), table, config=config)
   acc = part.sum(axis=0)[:, :m].T
   if bias is not None:
     acc = acc + bias.astype(jnp.float32)[None, :]
   return acc.astype(x.dtype)
-
-
-def derive_permutation() -> np.ndarray:
-  """:data:`PERMUTATION` recomputed from Mosaic's WGMMA layout (numpy, no GPU): where each
-  code of a thread's words lands among the same thread's operand elements."""
-  def positions(layout, shape):
-    strides = tuple(mgpu_utils.get_contiguous_strides(shape))
-    tile_strides = layout.tiling.tile_strides(strides)
-    tiled = layout.tiled_tiling_shape
-    dyn = tile_strides[-layout.tiled_tiling_rank:]
-
-    def split(index, dims):
-      sizes = [d.times if isinstance(d, fa.Replicated) else tiled[d] for d in dims]
-      full = [0] * len(tiled)
-      for d, st, sz in zip(dims, mgpu_utils.get_contiguous_strides(tuple(sizes)), sizes):
-        if not isinstance(d, fa.Replicated):
-          full[d] = (index // st) % sz
-      return full
-
-    out = {}
-    for thread in range(128):
-      base = sum(i * s for i, s in zip(split(thread // 32, layout.warp_dims), dyn)) + \
-          sum(i * s for i, s in zip(split(thread % 32, layout.lane_dims), dyn))
-      for reg in np.ndindex(layout.registers_shape(shape)):
-        lin = base + sum(i * s for i, s in zip(reg, tile_strides))
-        out[(thread, reg)] = [np.unravel_index(lin + v * dyn[layout.vector_dim], shape)
-                              for v in range(layout.vector_length)]
-    return out
-
-  words = positions(fa.WGMMA_LAYOUT, (ROWS, BLOCK // 8))
-  elems = positions(fa.WGMMA_LAYOUT, (ROWS, BLOCK))
-  perm = -np.ones(BLOCK, np.int64)
-  for thread in range(128):
-    for row in range(ROWS):
-      ws = [e for key in sorted(r for (t, r) in words if t == thread)
-            for e in words[(thread, key)] if e[0] == row]
-      es = sorted((e for key in (r for (t, r) in elems if t == thread)
-                   for e in elems[(thread, key)] if e[0] == row), key=lambda e: e[1])
-      for i, (_, col) in enumerate(ws):
-        for p in range(8):
-          real, logical = 8 * int(col) + (p ^ 1), int(es[8 * i + p][1])
-          if perm[real] not in (-1, logical):
-            raise AssertionError("the decoder's K order differs between threads")
-          perm[real] = logical
-  return perm
