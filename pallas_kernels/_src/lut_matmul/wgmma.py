@@ -6,7 +6,7 @@ the activations' 16-bit type and multiplied on the tensor cores with float32
 accumulation. What differs is the machinery, which is what the Triton kernel lacked
 (docs/benchmarks.md, "Decode step"): ``plgpu.emit_pipeline`` keeps ``steps`` TMA copies
 of the weight words, the scales and the activations in flight per CTA, and each CTA
-decodes ``sub`` row tiles of 64 in turn, so the decode of one overlaps the
+decodes ``sub`` row tiles of 64 in turn, so that the decode of one can overlap the
 asynchronous ``wgmma`` of the one before.
 
 The decode lives in registers, in Mosaic's WGMMA operand layout (``plgpu.inline_mgpu``):
@@ -18,16 +18,16 @@ entries sit in the lanes of each half-warp), one multiply applies the block scal
 word order, not in the weight's K order: within each 64-weight block, real index
 ``k`` sits at logical index ``PERMUTATION[k]`` (bitsandbytes' high-nibble-first bytes,
 little-endian words, WGMMA's column pairs). The activations are permuted the same
-way once per product (a gather XLA fuses into the copy it makes anyway), so the
-product is unchanged (``wgmma_layout``: the permutation, and its derivation from Mosaic's
+way once per product (one small XLA gather), so the product is unchanged (``wgmma_layout``: the permutation, and its derivation from Mosaic's
 own layout description, which a test holds equal to it).
 
 Needs JAX's Mosaic GPU backend and an sm_90 GPU; :func:`available` says whether this
 process has both. ``matmul_lut(kind="mma")`` runs this kernel when given a
 :class:`WgmmaConfig`, and by default only on device kinds with a recorded limit
-(``lut_matmul.api.use_wgmma``). Scales are float32 per 64 weights, in ``[K/64, N]`` order (a TMA
-box needs 16 bytes along its minor dimension): :func:`kernel_scales` makes them,
-double quantization and byte-coded scales decoded by XLA on the way.
+(``lut_matmul.api.use_wgmma``). Scales reach the kernel as float32 per 64 weights in
+``[K/64, N]`` order (a TMA box needs 16 bytes along its minor dimension), made by
+:func:`kernel_scales` (XLA decodes double-quantized and byte-coded scales on the way), or,
+with ``WgmmaConfig(slab=True)``, as stored: each CTA copies its rows' float32 scales once.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ try:  # Mosaic GPU ships with jaxlib; its Python side changes between JAX releas
   _IMPORTED = True
 except ImportError:  # pragma: no cover - depends on the installed jaxlib
   _IMPORTED = False
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WgmmaConfig:
