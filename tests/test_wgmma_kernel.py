@@ -79,6 +79,10 @@ def test_support_and_the_error_off_hopper():
     with pytest.raises(ValueError, match="sm_90"):
       pallas_kernels.matmul_lut(x, w, fmt=fmt, kind="mma", config=wgmma.WgmmaConfig(),
                                 implementation="pallas", interpret=False)
+  with pytest.raises(ValueError, match="no interpreter"):
+    pallas_kernels.matmul_lut(jnp.ones((16, 256), jnp.bfloat16), w, fmt=fmt, kind="mma",
+                              config=wgmma.WgmmaConfig(), implementation="pallas",
+                              interpret=True)
 
 
 LOWER_CASES = [  # n, k, m, blocksize, encoding, dtype, config

@@ -152,6 +152,9 @@ def matmul_lut(
       f"blocksize={fmt.blocksize}.")
   if implementation == "xla":
     return lut_matmul_reference(x, w, fmt=fmt, kind=kind, bias=bias)
+  if isinstance(config, wgmma_lib.WgmmaConfig) and (interpret or kind != "mma"):
+    raise ValueError(f"A WgmmaConfig runs the Mosaic GPU kernel (kind='mma', an sm_90 GPU, no "
+                     f"interpreter); got kind={kind!r}, interpret={interpret}.")
   if kind == "mma" and not interpret and (
       isinstance(config, wgmma_lib.WgmmaConfig)
       or (config is None and use_wgmma(m, n, k, fmt, x.dtype, device))):
