@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -28,6 +29,57 @@ HOPPER = wgmma.available()
 def test_decoder_order_is_what_mosaic_layout_gives():
   assert sorted(wgmma_layout.PERMUTATION.tolist()) == list(range(64))
   np.testing.assert_array_equal(wgmma_layout.derive_permutation(), wgmma_layout.PERMUTATION)
+
+
+def emulate_decode(words: np.ndarray, scales: np.ndarray, table: np.ndarray, dtype) -> np.ndarray:
+  """The decoder of ``wgmma._decoder`` executed in numpy, thread by thread and register by
+  register: the same schedule (``wgmma_layout``), ``shfl.sync.idx`` with segment mask 0x10
+  (source lane ``(lane & 0x10) | (b & 0xf)``, PTX ISA), the float32 multiply and ``cvt.rn``'s
+  packing (first operand in the high half, i.e. vector element 1). Returns the ``[64, tile_k]``
+  operand by logical position; every position must be written exactly once."""
+  from jax.experimental.mosaic.gpu import fragmented_array as fa
+  rows, nwords = words.shape
+  tile_k = nwords * 8
+  word_pos = wgmma_layout.register_positions(fa.WGMMA_LAYOUT, (rows, nwords))
+  out_pos = wgmma_layout.register_positions(fa.WGMMA_LAYOUT, (rows, tile_k))
+  # The scale columns' layout: plgpu.Layout.WGMMA.reduce(1), as wgmma.py loads them.
+  row_pos = wgmma_layout.register_positions(fa.WGMMA_LAYOUT.reduce((1,)), (rows,))
+  lanes = np.asarray(table, np.float32)[np.arange(128) % 16]  # lane t holds entry t % 16
+  out = np.full((rows, tile_k), np.nan, np.float32)
+  for (thread, reg), pos in word_pos.items():
+    j, h = wgmma_layout.word_block_and_half(reg)
+    (scale_row,) = row_pos[(thread, wgmma_layout.scale_register(h))][0]
+    assert scale_row == wgmma_layout.slab_row(thread, h) == pos[0][0]
+    vals = []
+    for w in range(2):
+      word = np.uint32(words[pos[w]])
+      for p in range(8):
+        code = int(word >> np.uint32(4 * p))
+        src = (thread // 32) * 32 + ((thread % 32) & 0x10 | code & 0xF)
+        vals.append(np.float32(lanes[src]) * np.float32(scales[scale_row, j]))
+    for q in range(8):
+      lo, hi = vals[2 * q], vals[2 * q + 1]
+      for value, (r, c) in zip((lo, hi), out_pos[(thread, wgmma_layout.operand_register(reg, q))]):
+        assert np.isnan(out[r, c]), "written twice"
+        out[r, c] = np.asarray(value, np.float32).astype(dtype).astype(np.float32)
+  assert not np.isnan(out).any(), "an operand element was never written"
+  return out
+
+
+@pytest.mark.parametrize("tile_k,dtype", [(64, ml_dtypes.bfloat16), (256, np.float16)])
+def test_emulated_decoder_yields_the_dequantized_weight_in_decoder_order(tile_k, dtype):
+  rng = np.random.default_rng(tile_k)
+  packed = rng.integers(0, 256, (64, tile_k // 2), dtype=np.uint8)  # bnb bytes of W[64, tile_k]
+  scales = rng.uniform(0.1, 2.0, (64, tile_k // 64)).astype(np.float32)
+  table = np.sort(rng.standard_normal(16)).astype(np.float32)
+  words = packed.view("<u4").view(np.int32)
+  codes = np.empty((64, tile_k), np.int64)
+  codes[:, 0::2], codes[:, 1::2] = packed >> 4, packed & 0xF
+  weight = (table[codes] * np.repeat(scales, 64, axis=1)).astype(dtype).astype(np.float32)
+  want = np.empty_like(weight)  # real column k of each block at PERMUTATION[k]
+  for blk in range(tile_k // 64):
+    want[:, 64 * blk + wgmma_layout.PERMUTATION] = weight[:, 64 * blk:64 * blk + 64]
+  np.testing.assert_array_equal(emulate_decode(words, scales, table, dtype), want)
 
 
 def test_permuted_activations_meet_the_permuted_weight():

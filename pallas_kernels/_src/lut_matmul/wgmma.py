@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels._src import common
+from pallas_kernels._src.lut_matmul import wgmma_layout as layout_lib
 from pallas_kernels._src.lut_matmul.wgmma_layout import BLOCK, ROWS, permute_activations
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, combine_scales
 
@@ -214,7 +215,7 @@ def _decoder(tile_k: int, dtype, slab_rows: int | None = None):
     del ctx
     i32, f32 = ir.IntegerType.get_signless(32), ir.F32Type.get()
     index = ir.IndexType.get()
-    if slab_rows is not None:  # rows 16 * warp + lane / 4 + 8 * h of the tile
+    if slab_rows is not None:  # layout_lib.slab_row: 16 warp + lane / 4 (+ 8 h below)
       slab, cols = scales[0], [c.registers.flat[0] for c in scales[1:]]
       tid = mgpu_utils.thread_idx()
       c = lambda v: mgpu_utils.c(v, i32)
@@ -227,13 +228,12 @@ def _decoder(tile_k: int, dtype, slab_rows: int | None = None):
                                        static_position=ir.DenseI64ArrayAttr.get([i]))
     tab = pick(table.registers.flat[0], 0)
     out = np.empty(fa.WGMMA_LAYOUT.registers_shape((ROWS, tile_k)), dtype=object)
-    # Word registers: index (0, j, 0, 0, h, ...) holds words 8j + 2(lane % 4) + {0, 1} of
-    # row h * 8 + lane / 4 (of the warp's 16); the operand's registers (0, g, 0, 0, h, ...)
-    # hold its columns 8g + 2(lane % 4) + {0, 1}.
+    # The register schedule is layout_lib's (word_block_and_half, scale_register,
+    # operand_register); tests/test_wgmma_kernel.py runs it in a numpy emulator.
     for idx in np.ndindex(words.registers.shape):
-      j, h = idx[1], idx[4]
+      j, h = layout_lib.word_block_and_half(idx)
       if slab_rows is None:
-        scale = pick(scales[j].registers[(0, 0, h, 0, 0)], 0)
+        scale = pick(scales[j].registers[layout_lib.scale_register(h)], 0)
       else:
         row = arith.index_cast(index, arith.addi(base, mgpu_utils.c(8 * h, i32)))
         scale = memref.load(slab, [row, col_idx[j]])
@@ -246,11 +246,10 @@ def _decoder(tile_k: int, dtype, slab_rows: int | None = None):
           v = _asm(f32, [tab, code], "shfl.sync.idx.b32 $0, $1, $2, 0x101f, 0xffffffff;",
                    "=f,f,r")
           vals.append(arith.mulf(v, scale))
-      for q in range(8):
+      for q in range(8):  # cvt puts its first operand in the high half: element 1
         pair = _asm(i32, [vals[2 * q + 1], vals[2 * q]], f"{cvt} $0, $1, $2;", "=r,f,f")
-        reg = list(idx)
-        reg[1] = 8 * j + q  # code e = 8 * (2j + w) + p sits in operand register e // 2
-        out[tuple(reg)] = mgpu_utils.bitcast(pair, ir.VectorType.get((2,), half))
+        out[layout_lib.operand_register(idx, q)] = mgpu_utils.bitcast(
+            pair, ir.VectorType.get((2,), half))
     return fa.FragmentedArray(_registers=out, _layout=fa.WGMMA_LAYOUT, _is_signed=None)
 
   return decode

@@ -32,38 +32,70 @@ def permute_activations(x: jax.Array) -> jax.Array:
   return jnp.take(blocks, jnp.asarray(_GATHER, jnp.int32), axis=-1).reshape(*lead, k)
 
 
+def register_positions(layout, shape: tuple[int, ...]) -> dict:
+  """``{(thread, register index): [logical index of each vector element]}`` for a Mosaic
+  ``TiledLayout`` over ``shape``, computed in numpy as Mosaic's ``thread_idxs`` does."""
+  from jax.experimental.mosaic.gpu import fragmented_array as fa
+  from jax.experimental.mosaic.gpu import utils as mgpu_utils
+
+  strides = tuple(mgpu_utils.get_contiguous_strides(shape))
+  tile_strides = layout.tiling.tile_strides(strides)
+  tiled = layout.tiled_tiling_shape
+  dyn = tile_strides[-layout.tiled_tiling_rank:]
+
+  def split(index, dims):
+    sizes = [d.times if isinstance(d, fa.Replicated) else tiled[d] for d in dims]
+    full = [0] * len(tiled)
+    for d, st, sz in zip(dims, mgpu_utils.get_contiguous_strides(tuple(sizes)), sizes):
+      if not isinstance(d, fa.Replicated):
+        full[d] = (index // st) % sz
+    return full
+
+  out = {}
+  for thread in range(128):
+    base = sum(i * s for i, s in zip(split(thread // 32, layout.warp_dims), dyn)) + \
+        sum(i * s for i, s in zip(split(thread % 32, layout.lane_dims), dyn))
+    for reg in np.ndindex(layout.registers_shape(shape)):
+      lin = base + sum(i * s for i, s in zip(reg, tile_strides))
+      out[(thread, reg)] = [tuple(int(i) for i in np.unravel_index(
+          lin + v * dyn[layout.vector_dim], shape)) for v in range(layout.vector_length)]
+  return out
+
+
+# The decoder's register schedule (wgmma.py uses these; the CPU emulator in the tests too).
+def word_block_and_half(word_register: tuple[int, ...]) -> tuple[int, int]:
+  """A word register's 64-weight block ``j`` within the tile and its row half ``h``: register
+  ``(0, j, 0, 0, h, ...)`` holds words ``8j + 2 (lane % 4) + {0, 1}`` of row
+  ``16 warp + lane / 4 + 8h``."""
+  return word_register[1], word_register[4]
+
+
+def operand_register(word_register: tuple[int, ...], pair: int) -> tuple[int, ...]:
+  """The operand register that gets codes ``2 pair`` and ``2 pair + 1`` of the word
+  register's 16 codes (8 per word): code ``e = 8 (2j + w) + p`` of block ``j`` sits in operand
+  register ``e // 2``, whose columns are ``8 (e // 2) + 2 (lane % 4) + {0, 1}``."""
+  reg = list(word_register)
+  reg[1] = 8 * word_register[1] + pair
+  return tuple(reg)
+
+
+def scale_register(half: int) -> tuple[int, ...]:
+  """The register of a ``[64]`` scale column (WGMMA row layout) holding row half ``h``."""
+  return (0, 0, half, 0, 0)
+
+
+def slab_row(thread: int, half: int) -> int:
+  """The tile row of a thread's row half ``h``: ``16 warp + lane / 4 + 8h``."""
+  return 16 * ((thread // 32) % 4) + (thread % 32) // 4 + 8 * half
+
+
 def derive_permutation() -> np.ndarray:
   """:data:`PERMUTATION` recomputed from Mosaic's WGMMA layout (numpy, no GPU): where each
   code of a thread's words lands among the same thread's operand elements."""
   from jax.experimental.mosaic.gpu import fragmented_array as fa
-  from jax.experimental.mosaic.gpu import utils as mgpu_utils
 
-  def positions(layout, shape):
-    strides = tuple(mgpu_utils.get_contiguous_strides(shape))
-    tile_strides = layout.tiling.tile_strides(strides)
-    tiled = layout.tiled_tiling_shape
-    dyn = tile_strides[-layout.tiled_tiling_rank:]
-
-    def split(index, dims):
-      sizes = [d.times if isinstance(d, fa.Replicated) else tiled[d] for d in dims]
-      full = [0] * len(tiled)
-      for d, st, sz in zip(dims, mgpu_utils.get_contiguous_strides(tuple(sizes)), sizes):
-        if not isinstance(d, fa.Replicated):
-          full[d] = (index // st) % sz
-      return full
-
-    out = {}
-    for thread in range(128):
-      base = sum(i * s for i, s in zip(split(thread // 32, layout.warp_dims), dyn)) + \
-          sum(i * s for i, s in zip(split(thread % 32, layout.lane_dims), dyn))
-      for reg in np.ndindex(layout.registers_shape(shape)):
-        lin = base + sum(i * s for i, s in zip(reg, tile_strides))
-        out[(thread, reg)] = [np.unravel_index(lin + v * dyn[layout.vector_dim], shape)
-                              for v in range(layout.vector_length)]
-    return out
-
-  words = positions(fa.WGMMA_LAYOUT, (ROWS, BLOCK // 8))
-  elems = positions(fa.WGMMA_LAYOUT, (ROWS, BLOCK))
+  words = register_positions(fa.WGMMA_LAYOUT, (ROWS, BLOCK // 8))
+  elems = register_positions(fa.WGMMA_LAYOUT, (ROWS, BLOCK))
   perm = -np.ones(BLOCK, np.int64)
   for thread in range(128):
     for row in range(ROWS):
