@@ -175,7 +175,7 @@ def run(shapes, ms, *, quant_type="nf4", formats_shape=None, format_ms=(), forma
         mosaic = False
         if on_gpu:
           fwd_route = product_lib.route(m, state, x.dtype, None, False)
-          mosaic = fwd_route == "mma" and _runs_mosaic(m, state, x.dtype)
+          mosaic = fwd_route == "mma" and _runs_mosaic(m, packed, state, x.dtype)
           name = "mma: Mosaic wgmma" if mosaic else fwd_route
           routes = ((None, f"matmul_4bit [{name}]"),)
           if fwd_route != "dequantize":
@@ -221,10 +221,10 @@ def _config_op(cfg, transpose):
   return op
 
 
-def _runs_mosaic(m, state, dtype) -> bool:
+def _runs_mosaic(m, packed, state, dtype) -> bool:
   from pallas_kernels._src.lut_matmul import api as lut_api
   n, k = state.shape
-  _, fmt = product_lib.kernel_weight(jnp.zeros((n * k // 2, 1), jnp.uint8), state)
+  _, fmt = product_lib.kernel_weight(q.check_packed(packed, state), state)
   return lut_api.use_wgmma(m, n, k, fmt, dtype)
 
 

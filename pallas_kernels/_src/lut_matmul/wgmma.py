@@ -284,8 +284,10 @@ def wgmma_partials(x_log: jax.Array, words: jax.Array, scales: jax.Array, table:
   k_iters = k // (split * tile_k)
   cols = k // split // blocksize  # slab columns per CTA
   x_swizzle = plgpu.find_swizzle(tile_k * 16, "rhs")
-  decode = _decoder(tile_k, x_log.dtype)
-  slab_decode = [_decoder(tile_k, x_log.dtype, t * ROWS) for t in range(sub)] if slab else []
+  if slab:  # one decoder per row tile: each reads its own rows of the slab
+    slab_decode = [_decoder(tile_k, x_log.dtype, t * ROWS) for t in range(sub)]
+  else:
+    decode = _decoder(tile_k, x_log.dtype)
   rows_of = lambda t: pl.ds(t * ROWS, ROWS)
 
   def kernel(x_gmem, w_gmem, s_gmem, t_gmem, o_gmem, o_smem, *slab_refs):
