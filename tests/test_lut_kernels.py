@@ -172,7 +172,9 @@ def test_config_validation_and_fit():
 def test_dispatch_and_recorded_configs():
   h100 = "nvidia_h100_80gb_hbm3"
   lim = lut_api.limits(h100)
-  assert (lim["gemv_max_m"], lim["mma_max_m"]) == (4, 128) and lim["wgmma_max_m"] in (0, 128)
+  assert (lim["gemv_max_m"], lim["mma_max_m"]) == (4, 128)
+  # Mosaic on the H100 up to M = 128, from 14336 x 4096 weights up (measured, benchmarks.md)
+  assert (lim["wgmma_max_m"], lim["wgmma_min_weights"]) == (128, 14336 * 4096)
   assert lut_api.limits("unknown_gpu")["wgmma_max_m"] == 0  # Mosaic only where measured
   assert lut_api.limits("unknown_gpu") == lut_api.DEFAULT_LIMITS
   assert lut_api.choose_kind(1, jnp.float32, h100) == "gemv"
@@ -181,6 +183,21 @@ def test_dispatch_and_recorded_configs():
   assert c.kind == "gemv" and 128 % c.chunks == 0
   c = lut_api.get_config("mma", 64, 8192, 8192, 64, h100)
   assert c.kind == "mma" and c.block_m == 64
+
+
+def test_mosaic_dispatch_follows_the_recorded_limits(monkeypatch):
+  # As if on an sm_90 GPU with Mosaic: the recorded limits alone decide.
+  monkeypatch.setattr(lut_api.wgmma_lib, "available", lambda: True)
+  fmt = WeightFormat(lut=LUTS["nf4"], blocksize=64)
+  h100, bf16 = "nvidia_h100_80gb_hbm3", jnp.bfloat16
+  assert lut_api.use_wgmma(16, 14336, 4096, fmt, bf16, h100)
+  assert lut_api.use_wgmma(128, 4096, 14336, fmt, bf16, h100)
+  assert not lut_api.use_wgmma(129, 14336, 4096, fmt, bf16, h100)  # above wgmma_max_m
+  assert not lut_api.use_wgmma(16, 4096, 4096, fmt, bf16, h100)  # below wgmma_min_weights
+  assert not lut_api.use_wgmma(16, 14336, 4096, fmt, jnp.float32, h100)  # 16-bit x only
+  assert not lut_api.use_wgmma(16, 8192, 8192, WeightFormat(lut=LUTS["nf4"], blocksize=32),
+                               bf16, h100)  # whole 64-weight scale blocks only
+  assert not lut_api.use_wgmma(16, 8192, 8192, fmt, bf16, "unknown_gpu")  # nothing recorded
 
 
 def test_bad_input_is_named():

@@ -140,8 +140,7 @@ def test_support_and_the_error_off_hopper():
 LOWER_CASES = [  # n, k, m, blocksize, encoding, dtype, config
     (128, 512, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig()),
     (192, 1024, 5, 128, "nested", "float16", wgmma.WgmmaConfig(tile_k=256, sub=4, steps=3)),
-    (64, 256, 200, 256, "float*", "bfloat16", wgmma.WgmmaConfig(tile_k=64, split_k=2,
-                                                                overlap=True)),
+    (64, 256, 200, 256, "float*", "bfloat16", wgmma.WgmmaConfig(tile_k=64, split_k=2)),
     (256, 4096, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig(slab=True)),
 ]
 
@@ -161,10 +160,10 @@ GPU_CASES = [  # n, k, m, blocksize, encoding, dtype, config
     (192, 1024, 64, 128, "byte", "float16", wgmma.WgmmaConfig(tile_k=256, sub=4, steps=3)),
     (64, 512, 200, 256, "float*", "bfloat16", wgmma.WgmmaConfig(tile_k=64, split_k=2)),
     (320, 768, 33, 64, "nested", "float16", wgmma.WgmmaConfig(tile_k=256, split_k=3)),
-    (128, 2048, 24, 64, "float", "bfloat16", wgmma.WgmmaConfig(sub=2, overlap=True)),
+    (128, 2048, 128, 64, "float", "bfloat16", wgmma.WgmmaConfig(sub=2, steps=3)),
     (256, 4096, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig(slab=True)),
     (256, 4096, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig()),
-    (128, 4096, 24, 128, "float", "float16", wgmma.WgmmaConfig(sub=2, overlap=True, slab=True)),
+    (128, 4096, 64, 128, "float", "float16", wgmma.WgmmaConfig(sub=2, slab=True)),
 ]
 
 

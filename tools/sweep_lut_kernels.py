@@ -123,7 +123,7 @@ def main():
           # Only the exact decode (shfl, the dequantized weight itself) is
           # recorded as a default; the prmt table rows are for comparison.
           best = min((r for r in rows if r["m"] == m and r["kind"] == kind
-                      and r["decode"] == "prmt"
+                      and r["decode"] == "prmt" and r["ok"]
                       and getattr(parse_cfg(r["cfg_text"]), "decode", "shfl") == "shfl"),
                      key=lambda r: r["us"], default=None)
           if best is not None and kind == "wgmma":
@@ -195,11 +195,15 @@ def sweep_shape(args, shape):
     if decode == "prmt":
       ref = exact(x, None if getattr(cfg, "decode", "shfl") == "shfl" else tdt)
       err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
+    # A fast wrong config must never be recorded: the relative error of a correct one is the
+    # bf16 output rounding (measured 2.3e-3); a race in a kernel showed up as NaN (H100, M=64).
+    ok = decode != "prmt" or (np.isfinite(err) and err < 1e-2)
     row = dict(kind=kind, decode=decode, m=m, cfg=cfg.name(), cfg_text=cfg_text, us=t * 1e6,
-               tbps=(wbytes + m * k * 2) / t / 1e12, relerr=err)
+               tbps=(wbytes + m * k * 2) / t / 1e12, relerr=err, ok=bool(ok))
     rows.append(row)
     print(f"{kind:5s} {decode:6s} M={m:<4d} {cfg.name():40s} {t*1e6:8.1f} us "
-          f"{row['tbps']:5.2f} TB/s  err {err:.2e}", flush=True)
+          f"{row['tbps']:5.2f} TB/s  err {err:.2e}" + ("" if ok else "  WRONG: not recorded"),
+          flush=True)
     return t
 
   if args.only:
@@ -247,7 +251,7 @@ def sweep_shape(args, shape):
         print("FAIL wgmma", c, type(e).__name__, str(e)[:300], flush=True)
   best = {}
   for r in rows:
-    if r["decode"] == "prmt" and (r["m"] not in best or r["us"] < best[r["m"]]["us"]):
+    if r["decode"] == "prmt" and r["ok"] and (r["m"] not in best or r["us"] < best[r["m"]]["us"]):
       best[r["m"]] = r
   print("\nbest per M (us, x of JAX bf16):")
   for m, r in sorted(best.items()):

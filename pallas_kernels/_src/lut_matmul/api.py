@@ -23,9 +23,11 @@ from pallas_kernels._src.matmul_4bit.weight import (PackedWeight, WeightFormat, 
 # Crossovers when nothing is recorded for the device kind (measured on an H100,
 # 8192 x 8192 NF4, docs/benchmarks.md): the CUDA-core GEMV up to 4 rows of x,
 # the tensor-core kernel up to 128, dequantize + cuBLAS above. The Mosaic GPU
-# tensor-core kernel runs only on device kinds where it was measured and its limit
-# recorded ("wgmma_max_m"); elsewhere the tensor-core kind is the Triton kernel.
-DEFAULT_LIMITS = {"gemv_max_m": 4, "mma_max_m": 128, "wgmma_max_m": 0}
+# tensor-core kernel runs only on device kinds where it was measured and its limits
+# recorded: up to "wgmma_max_m" rows, on weights of at least "wgmma_min_weights"
+# (N * K); elsewhere the tensor-core kind is the Triton kernel. On an H100 it won from
+# 14336 x 4096 up and lost on 4096 x 4096 and smaller (docs/benchmarks.md).
+DEFAULT_LIMITS = {"gemv_max_m": 4, "mma_max_m": 128, "wgmma_max_m": 0, "wgmma_min_weights": 0}
 
 # Configs measured on an H100 (tools/sweep_lut_kernels.py, 8192 x 8192) by M bucket.
 _DEFAULT_CONFIGS = {
@@ -47,16 +49,16 @@ WGMMA_MAX_M = 256
 def use_wgmma(m: int, n: int, k: int, fmt: WeightFormat, dtype,
               device_kind: str | None = None) -> bool:
   """The tensor-core kind runs the Mosaic GPU kernel: JAX's Mosaic GPU backend on an
-  sm_90 GPU whose kind has the kernel's limit recorded, and a shape and format it takes;
-  else the Triton one."""
+  sm_90 GPU whose kind has the kernel's limits recorded, a weight at least as large as
+  the recorded minimum, and a shape and format it takes; else the Triton one."""
   if not (wgmma_lib.supports(n, k, fmt, dtype) and wgmma_lib.available()):
     return False
-  device_kind = device_kind or common.device_kind()
-  return m <= min(WGMMA_MAX_M, limits(device_kind)["wgmma_max_m"])
+  lim = limits(device_kind or common.device_kind())
+  return m <= min(WGMMA_MAX_M, lim["wgmma_max_m"]) and n * k >= lim["wgmma_min_weights"]
 
 
 def limits(device_kind: str | None) -> dict[str, int]:
-  """``{"gemv_max_m", "mma_max_m"}`` recorded for the device kind, else the defaults."""
+  """The crossovers (``DEFAULT_LIMITS``' keys) recorded for the device kind, else the defaults."""
   entry = tuning.tuned_entry("matmul_4bit", device_kind, "lut") or {}
   return {**DEFAULT_LIMITS, **{k: v for k, v in entry.items() if k in DEFAULT_LIMITS}}
 

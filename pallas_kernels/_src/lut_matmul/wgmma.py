@@ -7,7 +7,9 @@ accumulation. What differs is the machinery, which is what the Triton kernel lac
 (docs/benchmarks.md, "Decode step"): ``plgpu.emit_pipeline`` keeps ``steps`` TMA copies
 of the weight words, the scales and the activations in flight per CTA, and each CTA
 decodes ``sub`` row tiles of 64 in turn, so that the decode of one can overlap the
-asynchronous ``wgmma`` of the one before.
+asynchronous ``wgmma`` of the one before. The wgmmas of a step are waited for before the
+next step decodes: the operand lives in registers, which an unfinished wgmma still reads
+(leaving one in flight across steps gave NaNs at M = 64 and 128 on an H100).
 
 The decode lives in registers, in Mosaic's WGMMA operand layout (``plgpu.inline_mgpu``):
 the packed bytes are viewed as int32 words ``[N, K/8]`` and loaded in the WGMMA
@@ -72,8 +74,6 @@ class WgmmaConfig:
     split_k: CTAs per output tile along K (0: enough CTAs to fill the GPU).
     sub: row tiles of 64 per CTA (they share the activations' tile).
     steps: pipeline depth (TMA copies in flight per CTA).
-    overlap: leave the last wgmma of a step running into the next step's decode
-      (``wgmma_wait(1)``; the activations' buffer is then released a step later).
     slab: read float32 scales as stored (``[N, K/blocksize]``): each CTA copies its rows'
       scales for its K range into shared memory once, instead of XLA transposing them
       to ``[K/64, N]`` before every product (unnested formats without a multiplier).
@@ -83,7 +83,6 @@ class WgmmaConfig:
   split_k: int = 0
   sub: int = 1
   steps: int = 4
-  overlap: bool = False
   slab: bool = False
 
   def __post_init__(self):
@@ -97,7 +96,7 @@ class WgmmaConfig:
 
   def name(self) -> str:
     return (f"wgmma,k{self.tile_k},s{self.split_k},r{self.sub},p{self.steps}"
-            + (",ov" if self.overlap else "") + (",slab" if self.slab else ""))
+            + (",slab" if self.slab else ""))
 
 
 def available() -> bool:
@@ -312,13 +311,12 @@ def wgmma_partials(x_log: jax.Array, words: jax.Array, scales: jax.Array, table:
             a = decode(w, tab, *(_load(s_step[0].at[b, rows_of(t)],
                                        plgpu.Layout.WGMMA.reduce(1)) for b in range(nblk)))
           plgpu.wgmma(accs[t], a, xt)
-        plgpu.wgmma_wait(1 if config.overlap else 0)
+        plgpu.wgmma_wait(0)
 
       specs = [
           plgpu.BlockSpec((mp, tile_k), lambda kk: (0, ks * k_iters + kk),
                           transforms=(plgpu.TilingTransform((8, x_swizzle // 2)),
-                                      plgpu.SwizzleTransform(x_swizzle)),
-                          delay_release=int(config.overlap)),
+                                      plgpu.SwizzleTransform(x_swizzle))),
           plgpu.BlockSpec((tile_n, tile_k // 8), lambda kk: (ni, ks * k_iters + kk)),
       ]
       operands = [x_gmem, w_gmem]
@@ -327,8 +325,6 @@ def wgmma_partials(x_log: jax.Array, words: jax.Array, scales: jax.Array, table:
         operands.append(s_gmem)
       plgpu.emit_pipeline(step, grid=(k_iters,), in_specs=specs,
                           max_concurrent_steps=steps)(*operands)
-      if config.overlap:
-        plgpu.wgmma_wait(0)
       return tuple(acc[...] for acc in accs)
 
     accs = pl.run_scoped(accumulate, *(plgpu.ACC((ROWS, mp)) for _ in range(sub)))
