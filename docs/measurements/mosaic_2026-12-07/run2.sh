@@ -1,6 +1,6 @@
 # Prepared for the next GPU session, NOT run yet (no machine could be started after run 1).
 # From the repository root on the device, with the flax wheel in .whl/ (see the device README):
-#   bash docs/measurements/mosaic_2026-12-07/next_gpu_run.sh
+#   bash docs/measurements/mosaic_2026-12-07/run2.sh   (run 2 of this folder; prepared as next_gpu_run.sh)
 # Step 0 turns the Mosaic kernel on for this device kind in the working copy only
 # (pallas_kernels/data/matmul_4bit.json, "wgmma_max_m"); record it in the repository only if
 # the tests pass and the sweep shows the kernel ahead of the Triton one.
