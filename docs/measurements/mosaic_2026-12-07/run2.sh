@@ -1,4 +1,4 @@
-# Prepared for the next GPU session, NOT run yet (no machine could be started after run 1).
+# Run 2 (2026-12-07, second session; it ran on an H100 as written here, steps 2-3 and 5-6 hit their time limits).
 # From the repository root on the device, with the flax wheel in .whl/ (see the device README):
 #   bash docs/measurements/mosaic_2026-12-07/run2.sh   (run 2 of this folder; prepared as next_gpu_run.sh)
 # Step 0 turns the Mosaic kernel on for this device kind in the working copy only
