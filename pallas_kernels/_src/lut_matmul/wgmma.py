@@ -8,8 +8,8 @@ accumulation. What differs is the machinery, which is what the Triton kernel lac
 of the weight words, the scales and the activations in flight per CTA, and each CTA
 decodes ``sub`` row tiles of 64 in turn, so that the decode of one can overlap the
 asynchronous ``wgmma`` of the one before. The wgmmas of a step are waited for before the
-next step decodes: the operand lives in registers, which an unfinished wgmma still reads
-(leaving one in flight across steps gave NaNs at M = 64 and 128 on an H100).
+next step: leaving one in flight across steps gave NaNs at M = 64 and 128 on an H100
+(docs/benchmarks.md; an unfinished wgmma still reads its register operand).
 
 The decode lives in registers, in Mosaic's WGMMA operand layout (``plgpu.inline_mgpu``):
 the packed bytes are viewed as int32 words ``[N, K/8]`` and loaded in the WGMMA
