@@ -79,17 +79,20 @@ def set_implementation(model, implementation):
       node.implementation = implementation
 
 
-def bench_decode(model, batch: int, prompt: int, new: int, repeats: int) -> float:
+def bench_decode(model, batch: int, prompt: int, new: int, repeats: int) -> tuple[float, float]:
+  """Median seconds of the decode loop, and seconds of the first call (compile + one run)."""
   fns = llama.make_generate_fns(model, max_new_tokens=new)
   ids = jax.random.randint(jax.random.key(batch), (batch, prompt), 0, model.config.vocab_size)
+  t0 = time.perf_counter()
   jax.block_until_ready(fns(ids))  # compile both pieces
+  first = time.perf_counter() - t0
   times = []
   for _ in range(repeats):
     token, cache, done, key = jax.block_until_ready(fns.prefill(ids))
     t0 = time.perf_counter()
     jax.block_until_ready(fns.decode(token, cache, done, key))
     times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  return statistics.median(times), first
 
 
 def qlora_step(model, seq: int, repeats: int):
@@ -157,26 +160,30 @@ def main() -> None:
   batches = [int(b) for b in args.batches.split(",")]
   base_bytes = None
   for variant in [] if args.skip_decode else args.variants.split(","):
+    t0 = time.perf_counter()
     model = build(cfg, variant)
+    built = time.perf_counter() - t0
     wbytes, lbytes = state_nbytes(model), linear_bytes(model)
     base_bytes = base_bytes or (wbytes, lbytes)
     print(f"{variant}: weights {wbytes / 1e9:.3f} GB ({wbytes / base_bytes[0]:.3f}x of bf16), "
-          f"linear layers {lbytes / 1e9:.3f} GB ({lbytes / base_bytes[1]:.3f}x)")
+          f"linear layers {lbytes / 1e9:.3f} GB ({lbytes / base_bytes[1]:.3f}x); built in {built:.1f} s",
+          flush=True)
     routes = ["default"] if variant == "bf16" else args.routes.split(",")
     for route in routes:
       set_implementation(model, None if route == "default" else route)
       for b in batches:
-        secs = bench_decode(model, b, args.prompt, args.new, args.repeats)
+        secs, first = bench_decode(model, b, args.prompt, args.new, args.repeats)
         steps = args.new - 1
         kv = 2 * cfg.num_hidden_layers * b * (args.prompt + args.new) * cfg.num_key_value_heads * (
             cfg.head_dim or cfg.hidden_size // cfg.num_attention_heads) * 2
         floor = (wbytes + kv / 2) / bw  # every weight byte + half the final cache, per step
         row = dict(variant=variant, route=route, batch=b, ms_per_step=1e3 * secs / steps,
                    tokens_per_s=b * steps / secs, weight_bytes=wbytes, linear_bytes=lbytes,
-                   pct_roofline=100 * floor / (secs / steps))
+                   pct_roofline=100 * floor / (secs / steps), first_call_s=first)
         out["decode"].append(row)
         print(f"  decode {route:>7} batch {b:>3}: {row['ms_per_step']:.2f} ms/step, "
-              f"{row['tokens_per_s']:.0f} tok/s, {row['pct_roofline']:.0f}% of the weight-read floor")
+              f"{row['tokens_per_s']:.0f} tok/s, {row['pct_roofline']:.0f}% of the weight-read floor "
+              f"(first call, compile included: {first:.1f} s)")
     set_implementation(model, None)
     del model
   if not args.skip_qlora:
