@@ -79,10 +79,7 @@ MMA_CFGS = [
     "kind=mma,block_n=64,chunks=2,num_warps=4,split_k=2",
 ]
 # Mosaic GPU tensor-core kernel (Hopper), M >= 5; split_k 0 lets `fit` choose.
-WGMMA_CFGS = [
-    '{}', '{"sub": 2}', '{"tile_k": 256}', '{"overlap": true}', '{"sub": 2, "overlap": true}',
-    '{"sub": 4}',
-]
+WGMMA_CFGS = ['{}', '{"sub": 2}', '{"tile_k": 256}', '{"sub": 4}', '{"slab": true}']
 MMA_BIG = [
     "kind=mma,block_n=64,block_m=BM,chunks=2,num_warps=4,split_k=4",
     "kind=mma,block_n=64,block_m=BM,chunks=2,num_warps=4,split_k=4,num_stages=3",
@@ -126,10 +123,9 @@ def main():
                       and r["decode"] == "prmt" and r["ok"]
                       and getattr(parse_cfg(r["cfg_text"]), "decode", "shfl") == "shfl"),
                      key=lambda r: r["us"], default=None)
-          if best is not None and kind == "wgmma":
-            winners[f"wgmma/m{lut_api._bucket('mma', m).split('/m')[1]}/{shape}"] = best
-          elif best is not None:
-            winners[f"lut/{lut_api._bucket(kind, m)}/{shape}"] = best
+          if best is not None:  # Mosaic configs live beside the "lut" ones (api._run_wgmma)
+            prefix = "" if kind == "wgmma" else "lut/"
+            winners[f"{prefix}{lut_api._bucket(kind, m)}/{shape}"] = best
     print("\nfastest config per shape and M bucket:")
     for key, r in winners.items():
       print(f"  {key:28s} {r['us']:7.1f} us  {r['cfg_text']}")
@@ -239,7 +235,8 @@ def sweep_shape(args, shape):
             print("FAIL gemv", c, type(e).__name__, str(e)[:300], flush=True)
     big = [c.replace("BM", str(min(m, 256 if m >= 256 else 128)))
            for c in args.mma_big.split(";") if c]
-    for c in (args.mma.split(";") if m <= 32 and args.mma else [] if m <= 32 else big):
+    small = [c for c in args.mma.split(";") if c]
+    for c in (small if m <= 32 else big):
       try:
         run("mma", c, m)
       except Exception as e:  # noqa: BLE001

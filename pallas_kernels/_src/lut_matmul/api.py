@@ -79,6 +79,9 @@ def choose_kind(m: int, dtype, device_kind: str | None = None) -> str | None:
 
 
 def _bucket(kind: str, m: int) -> str:
+  """The M bucket of recorded configs: ``"gemv/m4"``, ``"mma/m16"``, ``"wgmma/m128"``, ..."""
+  if kind == "wgmma":  # the Mosaic kernel's configs use the tensor-core kind's buckets
+    return "wgmma/" + _bucket("mma", m).split("/")[1]
   if kind == "gemv":
     return f"gemv/m{1 if m <= 1 else 2 if m <= 2 else 4 if m <= 4 else 8}"
   return f"mma/m{16 if m <= 16 else 64 if m <= 64 else 128}"
@@ -180,7 +183,7 @@ def _run_wgmma(x, w, fmt, config, bias, device):
         f"The Mosaic GPU kernel needs an sm_90 GPU, N % 64 == 0, K and the blocksize multiples "
         f"of 64 and 16-bit x: got N={n}, K={k}, blocksize={fmt.blocksize}, x {x.dtype}.")
   if config is None:  # recorded per shape, else per M bucket, else the fitted default
-    bucket = "wgmma/" + _bucket("mma", x.shape[0]).split("/")[1]
+    bucket = _bucket("wgmma", x.shape[0])
     entry = tuning.tuned_entry("matmul_4bit", device, f"{bucket}/{n}x{k}") or \
         tuning.tuned_entry("matmul_4bit", device, bucket)
     config = wgmma_lib.WgmmaConfig(**entry) if entry else wgmma_lib.WgmmaConfig()
