@@ -198,6 +198,12 @@ def test_mosaic_dispatch_follows_the_recorded_limits(monkeypatch):
   assert not lut_api.use_wgmma(16, 8192, 8192, WeightFormat(lut=LUTS["nf4"], blocksize=32),
                                bf16, h100)  # whole 64-weight scale blocks only
   assert not lut_api.use_wgmma(16, 8192, 8192, fmt, bf16, "unknown_gpu")  # nothing recorded
+  lim = lut_api.limits(h100)
+  for m in (1, 4, 5):  # below "wgmma_min_m" the GEMV keeps M = 1-4
+    assert lut_api.use_wgmma(m, 14336, 4096, fmt, bf16, h100) == (m >= lim["wgmma_min_m"])
+  monkeypatch.setattr(lut_api, "limits", lambda kind: {**lim, "wgmma_min_m": 1})
+  assert lut_api.use_wgmma(1, 14336, 4096, fmt, bf16, h100)
+  assert not lut_api.use_wgmma(1, 14336, 4096, fmt, jnp.float32, h100)  # float32 x: the GEMV
 
 
 def test_bad_input_is_named():

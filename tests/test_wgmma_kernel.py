@@ -11,6 +11,8 @@ the same bound as the other kernels (``check_close``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -113,28 +115,43 @@ def test_slab_only_where_a_tma_box_and_the_scales_allow():
   cfg = wgmma.fit(wgmma.WgmmaConfig(), 16, 256, 4096)
   assert wgmma.slab_ok(fmt, 16, 4096, cfg)  # 8 scales of 64 per CTA row: 32 bytes
   assert not wgmma.slab_ok(fmt, 16, 1024, wgmma.fit(wgmma.WgmmaConfig(), 16, 256, 1024))
-  for encoding in ("float*", "nested", "byte"):  # a multiplier or coded scales: XLA decodes
+  for encoding in ("float*", "nested", "byte"):  # XLA decodes them in the stored order
     _, other = make_weight(64, 256, 64, encoding, seed=1)
-    assert not wgmma.slab_ok(other, 16, 4096, cfg)
+    assert wgmma.slab_ok(other, 16, 4096, cfg)
+  full = wgmma.WgmmaConfig(tile_k=64, steps=6, split_k=1)  # 6 * 32 KiB of activations
+  assert wgmma.smem_bytes(256, 64, 1, 6) + 64 * 64 * 4 > wgmma.SMEM_LIMIT
+  assert not wgmma.slab_ok(fmt, 256, 4096, full)  # the slab would not fit beside them
 
 
-def test_support_and_the_error_off_hopper():
-  w, fmt = make_weight(64, 256, 64, "float", seed=1)
-  assert wgmma.supports(64, 256, fmt, jnp.bfloat16)
-  assert not wgmma.supports(64, 256, fmt, jnp.float32)
-  assert not wgmma.supports(48, 256, fmt, jnp.bfloat16)
-  _, fmt32 = make_weight(64, 256, 32, "byte", seed=1)
-  assert not wgmma.supports(64, 256, fmt32, jnp.bfloat16)
-  if not HOPPER:
-    assert not lut_api.use_wgmma(16, 64, 256, fmt, jnp.bfloat16)
-    x = jnp.ones((16, 256), jnp.bfloat16)
-    with pytest.raises(ValueError, match="sm_90"):
-      pallas_kernels.matmul_lut(x, w, fmt=fmt, kind="mma", config=wgmma.WgmmaConfig(),
-                                implementation="pallas", interpret=False)
-  with pytest.raises(ValueError, match="no interpreter"):
-    pallas_kernels.matmul_lut(jnp.ones((16, 256), jnp.bfloat16), w, fmt=fmt, kind="mma",
-                              config=wgmma.WgmmaConfig(), implementation="pallas",
-                              interpret=True)
+def test_coded_slab_only_for_byte_scales_that_split_over_the_threads():
+  _, nested = make_weight(64, 256, 64, "nested", seed=1)
+  _, plain = make_weight(64, 256, 64, "float", seed=1)
+  cfg = wgmma.fit(wgmma.WgmmaConfig(slab=True, coded_slab=True), 16, 192, 3072)
+  assert cfg.sub == 1 and 3072 // cfg.split_k // 64 == 6  # 64 rows x 6 columns: 384 entries
+  assert not wgmma.coded_slab_ok(nested, 16, 3072, cfg)  # 6 columns: not a 16-byte box row
+  cfg = wgmma.fit(wgmma.WgmmaConfig(slab=True, coded_slab=True, split_k=2), 16, 256, 4096)
+  assert wgmma.coded_slab_ok(nested, 16, 4096, cfg)
+  assert not wgmma.coded_slab_ok(plain, 16, 4096, cfg)  # float scales: the TMA slab
+  assert not wgmma.coded_slab_ok(nested, 16, 4096, dataclasses.replace(cfg, coded_slab=False))
+
+
+@pytest.mark.parametrize("encoding,bs", [("float", 64), ("float*", 128), ("nested", 64),
+                                         ("byte", 256)])
+def test_stored_scales_are_the_kernel_scales_untransposed(encoding, bs):
+  w, fmt = make_weight(128, 1024, bs, encoding, seed=5)
+  stored = np.asarray(wgmma.stored_scales(w, fmt))
+  assert stored.shape == (128, 1024 // bs) and stored.dtype == np.float32
+  kernel = np.asarray(wgmma.kernel_scales(w, fmt))  # [K/64, N], each block's scale repeated
+  np.testing.assert_array_equal(np.repeat(stored, bs // 64, axis=1).T, kernel)
+  # and both are bitsandbytes' scales, computed here in numpy float32 (no FMA contraction)
+  if encoding.startswith("float"):
+    want = np.asarray(w.scales) * np.float32(fmt.scale_multiplier)
+  else:
+    want = np.asarray(w.scale_table)[np.asarray(w.scales)]
+    if encoding == "nested":
+      block = np.arange(want.size).reshape(want.shape) // 256
+      want = want * np.asarray(w.group_scales)[block] + np.asarray(w.offset)[0]
+  np.testing.assert_array_equal(stored, want.astype(np.float32))
 
 
 LOWER_CASES = [  # n, k, m, blocksize, encoding, dtype, config
@@ -142,6 +159,11 @@ LOWER_CASES = [  # n, k, m, blocksize, encoding, dtype, config
     (192, 1024, 5, 128, "nested", "float16", wgmma.WgmmaConfig(tile_k=256, sub=4, steps=3)),
     (64, 256, 200, 256, "float*", "bfloat16", wgmma.WgmmaConfig(tile_k=64, split_k=2)),
     (256, 4096, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig(slab=True)),
+    (256, 4096, 16, 64, "nested", "bfloat16", wgmma.WgmmaConfig(slab=True, reduce=True)),
+    (128, 2048, 128, 128, "byte", "float16", wgmma.WgmmaConfig(sub=2, split_k=2, reduce=True)),
+    (256, 4096, 16, 64, "nested", "bfloat16",
+     wgmma.WgmmaConfig(slab=True, coded_slab=True, reduce=True)),
+    (128, 2048, 40, 128, "byte", "float16", wgmma.WgmmaConfig(slab=True, coded_slab=True, sub=2)),
 ]
 
 
@@ -164,6 +186,14 @@ GPU_CASES = [  # n, k, m, blocksize, encoding, dtype, config
     (256, 4096, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig(slab=True)),
     (256, 4096, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig()),
     (128, 4096, 64, 128, "float", "float16", wgmma.WgmmaConfig(sub=2, slab=True)),
+    (256, 4096, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig(reduce=True)),
+    (256, 4096, 24, 64, "nested", "bfloat16", wgmma.WgmmaConfig(slab=True, reduce=True)),
+    (192, 2048, 128, 128, "byte", "float16", wgmma.WgmmaConfig(sub=3, split_k=4, reduce=True)),
+    # scales decoded in the kernel: groups of 256 blocks cross rows (48 blocks a row)
+    (192, 3072, 8, 64, "nested", "bfloat16",
+     wgmma.WgmmaConfig(slab=True, coded_slab=True, sub=3, split_k=2, reduce=True)),
+    (128, 4096, 24, 128, "byte", "float16", wgmma.WgmmaConfig(slab=True, coded_slab=True)),
+    (256, 2048, 1, 64, "nested", "bfloat16", wgmma.WgmmaConfig(slab=True, coded_slab=True)),
 ]
 
 
@@ -182,3 +212,16 @@ def test_compiled_kernel_meets_the_exact_product(n, k, m, bs, encoding, dtype, c
   default = pallas_kernels.matmul_lut(x, w, fmt=fmt, bias=bias, kind="mma",
                                       implementation="pallas")  # the dispatch's own config
   check_close(default, x, wk, dtype, False, bias)
+
+
+@pytest.mark.skipif(not HOPPER, reason="the compiled kernel needs an sm_90 GPU")
+def test_group_shares_the_permuted_activations():
+  w1, fmt = make_weight(256, 2048, 64, "nested", seed=256)
+  w2 = make_weight(128, 2048, 64, "nested", seed=256)[0]  # same seed: the same table
+  x = jnp.asarray(np.random.default_rng(7).standard_normal((21, 2048)), jnp.bfloat16)
+  configs = [wgmma.WgmmaConfig(slab=True, reduce=True), wgmma.WgmmaConfig(sub=2)]
+  bias = jnp.asarray(np.random.default_rng(8).standard_normal(128), jnp.float32)
+  got = wgmma.wgmma_4bit_group(x, [w1, w2], fmt=fmt, configs=configs, biases=[None, bias])
+  for g, w, b in zip(got, (w1, w2), (None, bias)):
+    assert g.shape == (21, w.shape[0])
+    check_close(g, x, kernel_weight(w, fmt, "mma", "shfl", jnp.bfloat16), jnp.bfloat16, False, b)

@@ -79,7 +79,8 @@ MMA_CFGS = [
     "kind=mma,block_n=64,chunks=2,num_warps=4,split_k=2",
 ]
 # Mosaic GPU tensor-core kernel (Hopper), M >= 5; split_k 0 lets `fit` choose.
-WGMMA_CFGS = ['{}', '{"sub": 2}', '{"tile_k": 256}', '{"sub": 4}', '{"slab": true}']
+WGMMA_CFGS = ['{}', '{"reduce": true}', '{"slab": true, "reduce": true}',
+              '{"sub": 2, "reduce": true}', '{"tile_k": 256, "reduce": true}']
 MMA_BIG = [
     "kind=mma,block_n=64,block_m=BM,chunks=2,num_warps=4,split_k=4",
     "kind=mma,block_n=64,block_m=BM,chunks=2,num_warps=4,split_k=4,num_stages=3",
@@ -130,7 +131,9 @@ def main():
     for key, r in winners.items():
       print(f"  {key:28s} {r['us']:7.1f} us  {r['cfg_text']}")
     if args.write_configs:
-      table = json.loads(open(DATA_JSON).read())
+      # Several invocations can add to one file: an existing OUT is the starting point.
+      table = json.loads(open(args.write_configs if os.path.exists(args.write_configs)
+                              else DATA_JSON).read())
       entry = table.setdefault(common.device_kind(), {})
       for key, r in winners.items():
         entry[key] = dataclasses.asdict(parse_cfg(r["cfg_text"]))
@@ -241,7 +244,7 @@ def sweep_shape(args, shape):
         run("mma", c, m)
       except Exception as e:  # noqa: BLE001
         print("FAIL mma", c, type(e).__name__, str(e)[:300], flush=True)
-    for c in args.wgmma.split(";") if args.wgmma and m >= 5 else ():
+    for c in args.wgmma.split(";") if args.wgmma else ():  # M < 8: padded to 8 rows
       try:
         run("wgmma", c, m)
       except Exception as e:  # noqa: BLE001

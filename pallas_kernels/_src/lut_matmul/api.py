@@ -27,7 +27,10 @@ from pallas_kernels._src.matmul_4bit.weight import (PackedWeight, WeightFormat, 
 # recorded: up to "wgmma_max_m" rows, on weights of at least "wgmma_min_weights"
 # (N * K); elsewhere the tensor-core kind is the Triton kernel. On an H100 it won from
 # 14336 x 4096 up and lost on 4096 x 4096 and smaller (docs/benchmarks.md).
-DEFAULT_LIMITS = {"gemv_max_m": 4, "mma_max_m": 128, "wgmma_max_m": 0, "wgmma_min_weights": 0}
+# The Mosaic kernel also takes M = 1-4 (padded to 8 rows) where "wgmma_min_m" says so: it
+# then replaces the GEMV on the weights it qualifies for.
+DEFAULT_LIMITS = {"gemv_max_m": 4, "mma_max_m": 128, "wgmma_max_m": 0, "wgmma_min_weights": 0,
+                  "wgmma_min_m": 5}
 
 # Configs measured on an H100 (tools/sweep_lut_kernels.py, 8192 x 8192) by M bucket.
 _DEFAULT_CONFIGS = {
@@ -54,7 +57,8 @@ def use_wgmma(m: int, n: int, k: int, fmt: WeightFormat, dtype,
   if not (wgmma_lib.supports(n, k, fmt, dtype) and wgmma_lib.available()):
     return False
   lim = limits(device_kind or common.device_kind())
-  return m <= min(WGMMA_MAX_M, lim["wgmma_max_m"]) and n * k >= lim["wgmma_min_weights"]
+  return (lim["wgmma_min_m"] <= m <= min(WGMMA_MAX_M, lim["wgmma_max_m"])
+          and n * k >= lim["wgmma_min_weights"])
 
 
 def limits(device_kind: str | None) -> dict[str, int]:
@@ -150,6 +154,9 @@ def matmul_lut(
   if interpret is None:
     interpret = not common.on_gpu()
   device = None if interpret else common.device_kind()
+  if kind is None and config is None and not interpret and \
+      use_wgmma(m, n, k, fmt, x.dtype, device):
+    kind = "mma"  # the Mosaic kernel, also below "gemv_max_m" where "wgmma_min_m" allows
   kind = _resolve_kind(kind, m, x.dtype, device)
   implementation = common.choose_implementation(
       implementation, can_use_kernel(n, k, fmt.blocksize),
@@ -182,12 +189,17 @@ def _run_wgmma(x, w, fmt, config, bias, device):
     raise ValueError(
         f"The Mosaic GPU kernel needs an sm_90 GPU, N % 64 == 0, K and the blocksize multiples "
         f"of 64 and 16-bit x: got N={n}, K={k}, blocksize={fmt.blocksize}, x {x.dtype}.")
-  if config is None:  # recorded per shape, else per M bucket, else the fitted default
-    bucket = _bucket("wgmma", x.shape[0])
-    entry = tuning.tuned_entry("matmul_4bit", device, f"{bucket}/{n}x{k}") or \
-        tuning.tuned_entry("matmul_4bit", device, bucket)
-    config = wgmma_lib.WgmmaConfig(**entry) if entry else wgmma_lib.WgmmaConfig()
+  if config is None:
+    config = _wgmma_config(x.shape[0], n, k, device)
   return wgmma_lib.wgmma_4bit(x, w, fmt=fmt, config=config, bias=bias)
+
+
+def _wgmma_config(m: int, n: int, k: int, device: str | None) -> wgmma_lib.WgmmaConfig:
+  """Recorded per shape, else per M bucket, else the fitted default."""
+  bucket = _bucket("wgmma", m)
+  entry = tuning.tuned_entry("matmul_4bit", device, f"{bucket}/{n}x{k}") or \
+      tuning.tuned_entry("matmul_4bit", device, bucket)
+  return wgmma_lib.WgmmaConfig(**entry) if entry else wgmma_lib.WgmmaConfig()
 
 
 def matmul_lut_group(
@@ -225,6 +237,9 @@ def matmul_lut_group(
   if interpret is None:
     interpret = not common.on_gpu()
   device = None if interpret else common.device_kind()
+  if kind is None and config is None and not interpret and all(
+      use_wgmma(m, w.shape[0], k, fmt, x.dtype, device) for w in ws):
+    kind = "mma"  # as matmul_lut
   kind = _resolve_kind(kind, m, x.dtype, device)
   if kind == "gemv" and m > MAX_GEMV_ROWS:
     raise ValueError(f"The GEMV kernel handles at most {MAX_GEMV_ROWS} rows of x, got M={m}.")
@@ -238,8 +253,11 @@ def matmul_lut_group(
                  for w, b in zip(ws, biases))
   if kind == "mma" and not interpret and config is None and all(
       use_wgmma(m, w.shape[0], k, fmt, x.dtype, device) for w in ws):
-    # One Mosaic GPU launch per weight: each already fills the GPU (split-K).
-    return tuple(_run_wgmma(x, w, fmt, None, b, device) for w, b in zip(ws, biases))
+    # One Mosaic GPU launch per weight (each already fills the GPU with split-K), the
+    # activations permuted once for the group.
+    return wgmma_lib.wgmma_4bit_group(
+        x, ws, fmt=fmt, configs=[_wgmma_config(m, w.shape[0], k, device) for w in ws],
+        biases=biases)
   nc = k // (2 * scales_lib.chunk_bytes(fmt.blocksize))
   if config is None:
     config = get_config(kind, m, n_total, k, fmt.blocksize, device)

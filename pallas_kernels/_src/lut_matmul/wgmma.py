@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -77,6 +78,13 @@ class WgmmaConfig:
     slab: read float32 scales as stored (``[N, K/blocksize]``): each CTA copies its rows'
       scales for its K range into shared memory once, instead of XLA transposing them
       to ``[K/64, N]`` before every product (unnested formats without a multiplier).
+    coded_slab: with ``slab``, byte-coded (and double-quantized) scales reach the kernel as
+      stored (one byte per block); each CTA decodes its slab into float32 once, before its
+      pipeline starts, instead of XLA decoding every scale before every product.
+    reduce: with ``split_k > 1``, each CTA adds its partial tile into one float32 output
+      with a TMA add-reduction (``cp.reduce.async.bulk``, done in L2) instead of writing
+      ``split_k`` partial tiles that XLA sums afterwards (a write and a read of
+      ``split_k * N * M`` floats, and a launch).
   """
 
   tile_k: int = 128
@@ -84,6 +92,8 @@ class WgmmaConfig:
   sub: int = 1
   steps: int = 4
   slab: bool = False
+  coded_slab: bool = False
+  reduce: bool = False
 
   def __post_init__(self):
     if self.tile_k not in (64, 128, 256):
@@ -96,7 +106,8 @@ class WgmmaConfig:
 
   def name(self) -> str:
     return (f"wgmma,k{self.tile_k},s{self.split_k},r{self.sub},p{self.steps}"
-            + (",slab" if self.slab else ""))
+            + (",slab" if self.slab else "") + (",coded" if self.coded_slab else "")
+            + (",red" if self.reduce else ""))
 
 
 def available() -> bool:
@@ -113,22 +124,30 @@ def supports(n: int, k: int, fmt: WeightFormat, dtype) -> bool:
           and fmt.blocksize % BLOCK == 0 and jnp.dtype(dtype).name in ("bfloat16", "float16"))
 
 
-def kernel_scales(w: PackedWeight, fmt: WeightFormat) -> jax.Array:
-  """float32 scale per row and 64 weights, as ``[K/64, N]``."""
+def stored_scales(w: PackedWeight, fmt: WeightFormat) -> jax.Array:
+  """float32 scale per row and block, in the stored ``[N, K/blocksize]`` order: the stored
+  scales themselves when they are plain float32, else decoded by XLA (one elementwise
+  pass with small-table gathers, no transpose)."""
   n, nkb = w.scales.shape
   if fmt.scale_kind == "float":
-    s = combine_scales(w.scales, None, None, fmt)
-  else:
-    assert w.scale_table is not None  # check_weight: byte scales come with their table
-    base = w.scale_table[w.scales.astype(jnp.int32)]
-    group = offset = None
-    if fmt.nested_blocksize:
-      assert w.group_scales is not None and w.offset is not None
-      blocks = jnp.arange(n * nkb, dtype=jnp.int32).reshape(n, nkb)
-      group = w.group_scales[jnp.minimum(blocks // fmt.nested_blocksize,
-                                         w.group_scales.shape[0] - 1)]
-      offset = w.offset[0]
-    s = combine_scales(base, group, offset, fmt)
+    if fmt.scale_multiplier == 1.0:
+      return w.scales.astype(jnp.float32)
+    return combine_scales(w.scales, None, None, fmt)
+  assert w.scale_table is not None  # check_weight: byte scales come with their table
+  base = w.scale_table[w.scales.astype(jnp.int32)]
+  group = offset = None
+  if fmt.nested_blocksize:
+    assert w.group_scales is not None and w.offset is not None
+    blocks = jnp.arange(n * nkb, dtype=jnp.int32).reshape(n, nkb)
+    group = w.group_scales[jnp.minimum(blocks // fmt.nested_blocksize,
+                                       w.group_scales.shape[0] - 1)]
+    offset = w.offset[0]
+  return combine_scales(base, group, offset, fmt)
+
+
+def kernel_scales(w: PackedWeight, fmt: WeightFormat) -> jax.Array:
+  """float32 scale per row and 64 weights, as ``[K/64, N]``."""
+  s = stored_scales(w, fmt)
   s = jnp.repeat(s, fmt.blocksize // BLOCK, axis=1) if fmt.blocksize > BLOCK else s
   return s.T
 
@@ -254,26 +273,90 @@ def _decoder(tile_k: int, dtype, slab_rows: int | None = None):
   return decode
 
 
+def _mul_rn(a, b):
+  # mul.rn is never contracted into an FMA with the add that follows (bitsandbytes
+  # rounds the product, then adds the offset).
+  return _asm(ir.F32Type.get(), [a, b], "mul.rn.f32 $0, $1, $2;", "=f,f,f")
+
+
+def _scale_slab_decoder(tile_n: int, cols: int, nkb: int, fmt: WeightFormat, n_groups: int):
+  """``decode(codes, table, groups, slab, row0, col0)``: the CTA's float32 scale slab
+  ``[tile_n, cols]`` from the stored byte codes ``[N, K/blocksize]`` (global memory), as
+  :func:`stored_scales` computes it: ``table[code]``, times the group scale of its block
+  (``block // nested_blocksize``, flat over ``[N, K/blocksize]``) plus the offset
+  (``table[256]``) when nested, times the multiplier. 128 threads share the work, then
+  meet at a barrier before the pipeline reads the slab."""
+  per_thread = tile_n * cols // 128
+  nested = bool(fmt.nested_blocksize)
+
+  @plgpu.inline_mgpu(
+      arg_types=(plgpu.RefType(), plgpu.RefType(), plgpu.RefType(), plgpu.RefType(),
+                 plgpu.Layout.WG_SPLAT(()), plgpu.Layout.WG_SPLAT(())),
+  )
+  def decode(ctx, codes, table, groups, slab, row0, col0):
+    del ctx
+    i32, index = ir.IntegerType.get_signless(32), ir.IndexType.get()
+    c = lambda v: mgpu_utils.c(v, i32)
+    ix = lambda v: arith.index_cast(index, v)
+    r0, c0 = row0.registers.flat[0], col0.registers.flat[0]
+    tid = arith.remui(mgpu_utils.thread_idx(), c(128))
+    offset = memref.load(table, [ix(c(256))]) if nested else None
+
+    @mgpu_utils.fori(c(per_thread), None)
+    def _(e, carry):
+      i = arith.addi(tid, arith.muli(e, c(128)))
+      row, col = arith.divui(i, c(cols)), arith.remui(i, c(cols))
+      grow, gcol = arith.addi(r0, row), arith.addi(c0, col)
+      code = arith.extui(i32, memref.load(codes, [ix(grow), ix(gcol)]))
+      scale = memref.load(table, [ix(code)])
+      if nested:
+        group = arith.divui(arith.addi(arith.muli(grow, c(nkb)), gcol),
+                            c(fmt.nested_blocksize))
+        group = arith.minui(group, c(n_groups - 1))
+        assert offset is not None
+        scale = arith.addf(_mul_rn(scale, memref.load(groups, [ix(group)])), offset)
+      if fmt.scale_multiplier != 1.0:
+        scale = _mul_rn(scale, mgpu_utils.c(float(fmt.scale_multiplier), ir.F32Type.get()))
+      memref.store(scale, slab, [ix(row), ix(col)])
+      return carry
+
+    mgpu_utils.warpgroup_barrier()
+
+  return decode
+
+
+def coded_slab_ok(fmt: WeightFormat, m: int, k: int, config: WgmmaConfig) -> bool:
+  """The kernel decodes the byte-coded scales itself (``config.coded_slab``): the slab
+  fits (:func:`slab_ok`) and its ``tile_n * cols`` entries split evenly over 128 threads."""
+  cols = k // config.split_k // fmt.blocksize
+  return (config.coded_slab and fmt.scale_kind == "byte" and slab_ok(fmt, m, k, config)
+          and (ROWS * config.sub * cols) % 128 == 0)
+
+
 def slab_ok(fmt: WeightFormat, m: int, k: int, config: WgmmaConfig) -> bool:
-  """The stored scales can be read as a slab: float32, no multiplier, a CTA's scale row
+  """The scales can be read as a slab of :func:`stored_scales`: a CTA's scale row
   (``K / split_k / blocksize`` floats) is a whole TMA box (16-byte multiple, <= 256) and
-  the slab fits in shared memory beside the pipeline."""
+  the slab fits in shared memory beside the pipeline. Any scale encoding qualifies: XLA
+  decodes byte-coded and nested scales in the stored order, without the transpose."""
   cols = k // config.split_k // fmt.blocksize
   slab_bytes = ROWS * config.sub * cols * 4
-  return (fmt.scale_kind == "float" and fmt.scale_multiplier == 1.0
-          and (cols * 4) % 16 == 0 and 0 < cols <= 256
+  return ((cols * 4) % 16 == 0 and 0 < cols <= 256
           and smem_bytes(m, config.tile_k, config.sub, config.steps) + slab_bytes <= SMEM_LIMIT)
 
 
 def wgmma_partials(x_log: jax.Array, words: jax.Array, scales: jax.Array, table: jax.Array,
-                   *, config: WgmmaConfig, blocksize: int = BLOCK,
-                   slab: bool = False) -> jax.Array:
-  """float32 ``[split_k, N, Mp]`` partial sums of ``W · x_logᵀ``.
+                   *, config: WgmmaConfig, blocksize: int = BLOCK, slab: bool = False,
+                   coded: tuple[WeightFormat, jax.Array, jax.Array] | None = None
+                   ) -> jax.Array:
+  """float32 ``[P, N, Mp]`` partial sums of ``W · x_logᵀ``: ``P = split_k``, or ``P = 1``
+  when ``config.reduce`` adds the split-K partials in the kernel.
 
   ``x_log``: ``[Mp, K]`` 16-bit activations in the decoder's K order, ``Mp % 8 == 0``;
   ``words``: int32 ``[N, K/8]``; ``scales``: float32 ``[K/64, N]`` (:func:`kernel_scales`),
-  or with ``slab`` the stored ``[N, K/blocksize]``; ``table``: float32 ``[128]`` (entry
-  ``t % 16`` at ``t``); ``config`` already :func:`fit` to the shape.
+  or with ``slab`` the stored ``[N, K/blocksize]`` (float32, or with ``coded`` the
+  stored uint8 codes); ``table``: float32 ``[128]`` (entry ``t % 16`` at ``t``);
+  ``coded``: ``(fmt, scale table [257] with the nested offset last, group scales)``;
+  ``config`` already :func:`fit` to the shape.
   """
   mp, k = x_log.shape
   n = words.shape[0]
@@ -282,17 +365,28 @@ def wgmma_partials(x_log: jax.Array, words: jax.Array, scales: jax.Array, table:
   nblk = tile_k // BLOCK
   k_iters = k // (split * tile_k)
   cols = k // split // blocksize  # slab columns per CTA
+  reduce = config.reduce and split > 1
   x_swizzle = plgpu.find_swizzle(tile_k * 16, "rhs")
   if slab:  # one decoder per row tile: each reads its own rows of the slab
     slab_decode = [_decoder(tile_k, x_log.dtype, t * ROWS) for t in range(sub)]
   else:
     decode = _decoder(tile_k, x_log.dtype)
+  extra: tuple[jax.Array, ...] = ()
+  if coded is not None:
+    assert slab, "coded scales are decoded into the slab"
+    fmt, scale_table, group_scales = coded
+    extra = (scale_table, group_scales)
+    decode_slab = _scale_slab_decoder(tile_n, cols, scales.shape[1], fmt,
+                                      group_scales.shape[0])
   rows_of = lambda t: pl.ds(t * ROWS, ROWS)
 
-  def kernel(x_gmem, w_gmem, s_gmem, t_gmem, o_gmem, o_smem, *slab_refs):
-    ni, ks = jax.lax.axis_index("n"), jax.lax.axis_index("k")
+  def body(ni, ks, ins, o_gmem, o_smem, *slab_refs):
+    x_gmem, w_gmem, s_gmem, t_gmem, *extra_refs = ins
     tab = _load(t_gmem, plgpu.Layout.WG_STRIDED((128,), vec_size=1))
-    if slab:  # this CTA's scales, once: [tile_n, cols] of the stored [N, K / blocksize]
+    if slab and coded is not None:  # this CTA's scales, decoded from their byte codes once
+      s_slab, = slab_refs
+      decode_slab(s_gmem, *extra_refs, s_slab, ni * tile_n, ks * cols)
+    elif slab:  # this CTA's scales, once: [tile_n, cols] of the stored [N, K / blocksize]
       s_slab, barrier = slab_refs
       plgpu.copy_gmem_to_smem(
           s_gmem.at[pl.ds(ni * tile_n, tile_n), pl.ds(ks * cols, cols)], s_slab, barrier)
@@ -331,37 +425,88 @@ def wgmma_partials(x_log: jax.Array, words: jax.Array, scales: jax.Array, table:
     for t, acc in enumerate(accs):
       o_smem[rows_of(t)] = acc
     plgpu.commit_smem()
-    plgpu.copy_smem_to_gmem(o_smem, o_gmem.at[ks, pl.ds(ni * tile_n, tile_n)])
+    if reduce:  # add this CTA's partial tile into the zeroed output (in L2, atomically)
+      plgpu.copy_smem_to_gmem(o_smem, o_gmem.at[pl.ds(ni * tile_n, tile_n)],
+                              reduction_op="add")
+    else:
+      plgpu.copy_smem_to_gmem(o_smem, o_gmem.at[ks, pl.ds(ni * tile_n, tile_n)])
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-  scratch: list[Any] = [plgpu.SMEM((tile_n, cols), jnp.float32),
-                        plgpu.Barrier(num_arrivals=1)] if slab else []
-  call = plgpu.kernel(
-      kernel,
-      out_type=jax.ShapeDtypeStruct((split, n, mp), jnp.float32),
+  scratch: list[Any] = [plgpu.SMEM((tile_n, mp), jnp.float32)]
+  if slab:
+    scratch.append(plgpu.SMEM((tile_n, cols), jnp.float32))
+    if coded is None:
+      scratch.append(plgpu.Barrier(num_arrivals=1))
+  operands = (x_log, words, scales, table, *extra)
+  n_in = len(operands)
+  if not reduce:
+    def kernel(*refs):
+      body(jax.lax.axis_index("n"), jax.lax.axis_index("k"), refs[:n_in], *refs[n_in:])
+
+    call = plgpu.kernel(
+        kernel,
+        out_type=jax.ShapeDtypeStruct((split, n, mp), jnp.float32),
+        grid=(n // tile_n, split),
+        grid_names=("n", "k"),
+        scratch_types=scratch,
+    )
+    return call(*operands)
+
+  # The add-reduction needs a zeroed output: a pallas_call, whose output aliases a zeros
+  # input (plgpu.kernel takes no aliases).
+  def reduce_kernel(*refs):
+    body(pl.program_id(0), pl.program_id(1), refs[:n_in], *refs[n_in + 1:])
+
+  gmem = pl.BlockSpec(memory_space=plgpu.GMEM)
+  call = pl.pallas_call(
+      reduce_kernel,
+      out_shape=jax.ShapeDtypeStruct((n, mp), jnp.float32),
       grid=(n // tile_n, split),
-      grid_names=("n", "k"),
-      scratch_types=[plgpu.SMEM((tile_n, mp), jnp.float32), *scratch],
+      in_specs=[gmem] * (n_in + 1),
+      out_specs=gmem,
+      scratch_shapes=scratch,
+      input_output_aliases={n_in: 0},
+      compiler_params=plgpu.CompilerParams(),
   )
-  return call(x_log, words, scales, table)
+  return call(*operands, jnp.zeros((n, mp), jnp.float32))[None]
 
 
 def wgmma_4bit(x: jax.Array, w: PackedWeight, *, fmt: WeightFormat, config: WgmmaConfig,
                bias: jax.Array | None = None) -> jax.Array:
   """``x @ W.T + bias`` in ``x.dtype`` (``supports(N, K, fmt, x.dtype)`` must hold)."""
+  return wgmma_4bit_group(x, [w], fmt=fmt, configs=[config], biases=[bias])[0]
+
+
+def wgmma_4bit_group(x: jax.Array, ws: Sequence[PackedWeight], *, fmt: WeightFormat,
+                     configs: Sequence[WgmmaConfig],
+                     biases: Sequence[jax.Array | None]) -> tuple[jax.Array, ...]:
+  """``x @ W_i.T + bias_i`` for weights that share ``x`` (q/k/v, gate/up): one launch per
+  weight, the activations padded and permuted once for all of them."""
   m, k = x.shape
-  n = w.shape[0]
   mp = -(-m // 8) * 8  # wgmma's narrow dimension is a multiple of 8
-  config = fit(config, mp, n, k)
-  words = jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.int32)
   x_log = permute_activations(jnp.pad(x, ((0, mp - m), (0, 0))) if mp != m else x)
   table = jnp.asarray(np.tile(np.asarray(fmt.lut, np.float32), 8))
-  if config.slab and slab_ok(fmt, mp, k, config):
-    part = wgmma_partials(x_log, words, w.scales, table, config=config,
-                          blocksize=fmt.blocksize, slab=True)
-  else:
-    part = wgmma_partials(x_log, words, kernel_scales(w, fmt), table, config=config)
-  acc = part.sum(axis=0)[:, :m].T
-  if bias is not None:
-    acc = acc + bias.astype(jnp.float32)[None, :]
-  return acc.astype(x.dtype)
+  outs = []
+  for w, config, bias in zip(ws, configs, biases, strict=True):
+    n = w.shape[0]
+    config = fit(config, mp, n, k)
+    words = jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.int32)
+    if coded_slab_ok(fmt, mp, k, config):  # the kernel decodes the byte codes
+      assert w.scale_table is not None
+      offset, groups = jnp.zeros((1,), jnp.float32), jnp.ones((1,), jnp.float32)
+      if fmt.nested_blocksize:
+        assert w.offset is not None and w.group_scales is not None
+        offset, groups = w.offset[:1], w.group_scales
+      part = wgmma_partials(
+          x_log, words, w.scales, table, config=config, blocksize=fmt.blocksize, slab=True,
+          coded=(fmt, jnp.concatenate([w.scale_table.astype(jnp.float32), offset]), groups))
+    elif config.slab and slab_ok(fmt, mp, k, config):
+      part = wgmma_partials(x_log, words, stored_scales(w, fmt), table, config=config,
+                            blocksize=fmt.blocksize, slab=True)
+    else:
+      part = wgmma_partials(x_log, words, kernel_scales(w, fmt), table, config=config)
+    acc = part.sum(axis=0)[:, :m].T
+    if bias is not None:
+      acc = acc + bias.astype(jnp.float32)[None, :]
+    outs.append(acc.astype(x.dtype))
+  return tuple(outs)
