@@ -113,6 +113,36 @@ def test_route_on_this_backend():
   assert product_lib.route(64, state, jnp.float32, "pallas", False) == "fused"
 
 
+@pytest.mark.parametrize("quant_type,dq", [("nf4", False), ("fp4", True), ("e2m1", False),
+                                           ("e2m1", True), ("mxfp4", False)])
+def test_kernel_format_is_the_kernel_weights_format(quant_type, dq):
+  packed, state = _weight(64, 256, quant_type, dq)
+  assert product_lib.kernel_format(state) == product_lib.kernel_weight(packed, state)[1]
+
+
+def test_mosaic_limits_take_m_from_the_gemv_and_the_dequantize_route(monkeypatch):
+  # As if on an H100 with Mosaic GPU: its recorded limits move M = 1-4 (with "wgmma_min_m")
+  # and M past "mma_max_m" up to "wgmma_max_m" to the "mma" kind, which runs the Mosaic kernel.
+  from pallas_kernels._src import common
+  h100 = "nvidia_h100_80gb_hbm3"
+  _, state = _weight(128, 256, "nf4", True)  # quantized on this backend, before the patches
+  monkeypatch.setattr(common, "on_gpu", lambda: True)
+  monkeypatch.setattr(common, "device_kind", lambda: h100)
+  monkeypatch.setattr(lut_api.wgmma_lib, "available", lambda: True)
+  lim = dict(lut_api.limits(h100), wgmma_min_weights=0)
+  monkeypatch.setattr(lut_api, "limits", lambda kind: lim)
+  route = lambda m: product_lib.route(m, state, jnp.bfloat16, None, False)
+  lim.update(wgmma_min_m=5, wgmma_max_m=128)
+  assert [route(m) for m in (1, 4, 5, 128)] == ["gemv", "gemv", "mma", "mma"]
+  assert route(129) == "dequantize"
+  lim.update(wgmma_min_m=1, wgmma_max_m=256)
+  assert [route(m) for m in (1, 4, 200, 256)] == ["mma"] * 4
+  assert route(257) == "dequantize"
+  assert product_lib.route(1, state, jnp.float32, None, False) == "gemv"  # 16-bit x only
+  lim.update(wgmma_min_weights=128 * 256 + 1)  # too small a weight: the recorded crossovers
+  assert [route(m) for m in (1, 5, 129)] == ["gemv", "mma", "dequantize"]
+
+
 def test_register_table_crossovers():
   # Measured on the H100 (docs/benchmarks.md): GEMV up to 4 rows, tensor cores to 128.
   assert lut_api.choose_kind(4, jnp.bfloat16, "nvidia_h100_80gb_hbm3") == "gemv"

@@ -25,6 +25,21 @@ IMPLEMENTATIONS = (None, "xla", "pallas")
 ACTIVATION_DTYPES = ("float32", "bfloat16", "float16")
 
 
+def kernel_format(state: QuantState) -> pallas_kernels.WeightFormat:
+  """The kernels' static description of the weight's format (:func:`kernel_weight`'s)."""
+  fmt = state.format
+  lut = tuple(fmt.decode_lut)
+  bs = state.blocksize
+  mult = float(np.float32(1.0 / formats.E2M1_MAX)) if fmt.name == "e2m1" else 1.0
+  if fmt.scale_kind in ("e8m0", "e4m3"):
+    return pallas_kernels.WeightFormat(lut=lut, blocksize=bs, scale_kind="byte")
+  if state.state2 is not None:
+    return pallas_kernels.WeightFormat(lut=lut, blocksize=bs, scale_kind="byte",
+                                       scale_multiplier=mult,
+                                       nested_blocksize=state.state2.blocksize)
+  return pallas_kernels.WeightFormat(lut=lut, blocksize=bs, scale_multiplier=mult)
+
+
 def kernel_weight(data: jax.Array, state: QuantState
                   ) -> tuple[pallas_kernels.PackedWeight, pallas_kernels.WeightFormat]:
   """The packed weight in the kernels' layout (``K % blocksize == 0``)."""
@@ -87,6 +102,9 @@ def route(m: int, state: QuantState, dtype, implementation, transpose: bool) -> 
   device = kernel_common.device_kind()
   if usable and not transpose:
     kind = lut_api.choose_kind(m, dtype, device)
+    n, k = state.shape
+    if lut_api.use_wgmma(m, n, k, kernel_format(state), dtype, device):
+      kind = "mma"  # the Mosaic kernel: its own M range ("wgmma_min_m" to "wgmma_max_m")
     if kind:
       return kind
   if usable and matmul_config.prefer_fused(m, transpose, device):

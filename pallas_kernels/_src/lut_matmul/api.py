@@ -84,8 +84,8 @@ def choose_kind(m: int, dtype, device_kind: str | None = None) -> str | None:
 
 def _bucket(kind: str, m: int) -> str:
   """The M bucket of recorded configs: ``"gemv/m4"``, ``"mma/m16"``, ``"wgmma/m128"``, ..."""
-  if kind == "wgmma":  # the Mosaic kernel's configs use the tensor-core kind's buckets
-    return "wgmma/" + _bucket("mma", m).split("/")[1]
+  if kind == "wgmma":  # the tensor-core kind's buckets, and one more above 128 rows
+    return "wgmma/m256" if m > 128 else "wgmma/" + _bucket("mma", m).split("/")[1]
   if kind == "gemv":
     return f"gemv/m{1 if m <= 1 else 2 if m <= 2 else 4 if m <= 4 else 8}"
   return f"mma/m{16 if m <= 16 else 64 if m <= 64 else 128}"
