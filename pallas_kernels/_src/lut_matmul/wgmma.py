@@ -78,9 +78,11 @@ class WgmmaConfig:
     slab: read float32 scales as stored (``[N, K/blocksize]``): each CTA copies its rows'
       scales for its K range into shared memory once, instead of XLA transposing them
       to ``[K/64, N]`` before every product (unnested formats without a multiplier).
-    coded_slab: with ``slab``, byte-coded (and double-quantized) scales reach the kernel as
-      stored (one byte per block); each CTA decodes its slab into float32 once, before its
-      pipeline starts, instead of XLA decoding every scale before every product.
+    coded_slab: byte-coded (and double-quantized) scales reach the kernel as stored (one
+      byte per block); each CTA decodes its slab into float32 once, before its pipeline
+      starts, instead of XLA decoding every scale before every product. Applies where the
+      slab fits (:func:`coded_slab_ok`), whether or not ``slab`` is set; float scales
+      ignore it.
     reduce: with ``split_k > 1``, each CTA adds its partial tile into one float32 output
       with a TMA add-reduction (``cp.reduce.async.bulk``, done in L2) instead of writing
       ``split_k`` partial tiles that XLA sums afterwards (a write and a read of
