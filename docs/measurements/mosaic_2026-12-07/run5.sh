@@ -6,9 +6,10 @@
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/flax*.whl
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > $OUT/gpu.txt; cat $OUT/gpu.txt; date
-left() { echo $(( ${1} - SECONDS )); }  # seconds left until second $1 of this script
+T=${T:-585}  # the whole run, seconds
+left() { echo $(( ${1} * T / 585 - SECONDS )); }  # seconds left until second $1 (of a 585 s run)
 # 1. correctness: every Mosaic variant, the dispatch and the groups against the exact product
-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 170 python3 -m pytest -q -n 4 -p no:benchmark -p no:cacheprovider \
+XLA_PYTHON_CLIENT_PREALLOCATE=false timeout $(left 170) python3 -m pytest -q -n 4 -p no:benchmark -p no:cacheprovider \
   tests/test_wgmma_kernel.py tests/test_lut_kernels.py tests/test_matmul.py tests/test_matmul_group.py > $OUT/pytest_gpu.txt 2>&1
 echo pytest rc $?; tail -3 $OUT/pytest_gpu.txt; grep -E "^FAILED|^ERROR" $OUT/pytest_gpu.txt | head -12; date
 # 2. Mosaic configs on 8192 x 8192 per M bucket; the fastest correct one written to a copy of the table
@@ -31,7 +32,7 @@ for key in [k for k in e if k.startswith("wgmma/")] + ["wgmma/m16", "wgmma/m64",
 print(common.device_kind(), e["lut"], {k: v for k, v in e.items() if k.startswith("wgmma")})
 json.dump(d, open(p, "w"), indent=1)
 PY
-timeout 100 python3 -m jaxfp4 bench --skip-quantize --matmul-shapes 8192x8192 --ms 1,16,64,128,256 --no-backward \
+timeout $(( 100 * T / 585 )) python3 -m jaxfp4 bench --skip-quantize --matmul-shapes 8192x8192 --ms 1,16,64,128,256 --no-backward \
   --format-types nf4+dq,fp4 --format-ms 16,128 > $OUT/bench.txt 2>&1; echo bench rc $?; grep -v Warn $OUT/bench.txt | tail -30; date
 # 4. the Llama-3.1-8B shapes at M = 16 (adds to the same table copy)
 timeout $(left 520) python3 tools/sweep_lut_kernels.py --shapes 14336x4096,4096x14336,4096x4096,1024x4096,6144x4096,28672x4096 \
