@@ -454,23 +454,22 @@ def wgmma_partials(x_log: jax.Array, words: jax.Array, scales: jax.Array, table:
     )
     return call(*operands)
 
-  # The add-reduction needs a zeroed output: a pallas_call, whose output aliases a zeros
-  # input (plgpu.kernel takes no aliases).
-  def reduce_kernel(*refs):
-    body(pl.program_id(0), pl.program_id(1), refs[:n_in], *refs[n_in + 1:])
+  # The add-reduction needs a zeroed output. plgpu.kernel takes no aliases, and JAX 0.11
+  # no longer lowers a Mosaic GPU pl.pallas_call, so the output is a mutable Ref that
+  # starts as zeros (pl.run_state) and the kernel (pl.kernel on a Mosaic GPU mesh)
+  # writes into it; the inputs stay plain operands, so nothing else is copied.
+  mesh = plgpu.Mesh(grid=(n // tile_n, split), grid_names=("n", "k"))
 
-  gmem = pl.BlockSpec(memory_space=plgpu.GMEM)
-  call = pl.pallas_call(
-      reduce_kernel,
-      out_shape=jax.ShapeDtypeStruct((n, mp), jnp.float32),
-      grid=(n // tile_n, split),
-      in_specs=[gmem] * (n_in + 1),
-      out_specs=gmem,
-      scratch_shapes=scratch,
-      input_output_aliases={n_in: 0},
-      compiler_params=plgpu.CompilerParams(),
-  )
-  return call(*operands, jnp.zeros((n, mp), jnp.float32))[None]
+  def reduce_kernel(*refs):
+    ins, o_gmem = refs[:n_in], refs[n_in]
+    pl.run_scoped(lambda *scr: body(jax.lax.axis_index("n"), jax.lax.axis_index("k"), ins,
+                                    o_gmem, *scr), *scratch)
+
+  def into_zeros(o_ref):
+    pl.kernel(reduce_kernel, out_type=(), mesh=mesh,
+              compiler_params=plgpu.CompilerParams(), name="wgmma_4bit_reduce")(*operands, o_ref)
+
+  return pl.run_state(into_zeros)(jnp.zeros((n, mp), jnp.float32))[None]
 
 
 def wgmma_4bit(x: jax.Array, w: PackedWeight, *, fmt: WeightFormat, config: WgmmaConfig,
