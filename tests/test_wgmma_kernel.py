@@ -133,6 +133,11 @@ def test_coded_slab_only_for_byte_scales_that_split_over_the_threads():
   assert wgmma.coded_slab_ok(nested, 16, 4096, cfg)
   assert not wgmma.coded_slab_ok(plain, 16, 4096, cfg)  # float scales: the TMA slab
   assert not wgmma.coded_slab_ok(nested, 16, 4096, dataclasses.replace(cfg, coded_slab=False))
+  # 64 codes per thread (M = 128 on 8192 x 8192, no split): XLA decodes them instead.
+  whole = wgmma.fit(wgmma.WgmmaConfig(coded_slab=True), 128, 8192, 8192)
+  assert whole.split_k == 1 and wgmma.slab_ok(nested, 128, 8192, whole)
+  assert not wgmma.coded_slab_ok(nested, 128, 8192, whole)
+  assert wgmma.coded_slab_ok(nested, 128, 8192, dataclasses.replace(whole, split_k=4))
 
 
 @pytest.mark.parametrize("encoding,bs", [("float", 64), ("float*", 128), ("nested", 64),

@@ -329,10 +329,18 @@ def _scale_slab_decoder(tile_n: int, cols: int, nkb: int, fmt: WeightFormat, n_g
 
 def coded_slab_ok(fmt: WeightFormat, m: int, k: int, config: WgmmaConfig) -> bool:
   """The kernel decodes the byte-coded scales itself (``config.coded_slab``): the slab
-  fits (:func:`slab_ok`) and its ``tile_n * cols`` entries split evenly over 128 threads."""
+  fits (:func:`slab_ok`), its ``tile_n * cols`` entries split evenly over 128 threads, and
+  at most :data:`CODED_PER_THREAD` of them fall to each thread. The decode runs before the
+  CTA's pipeline starts, so a long one delays every CTA: on an H100 (run 5, 8192 x 8192
+  NF4 + DQ) 8 per thread (M = 16, split-K 8) ran within 2% of float32 scales, 64 per
+  thread (M = 128, no split) 23% slower, where XLA's decode pass had cost 7%."""
   cols = k // config.split_k // fmt.blocksize
+  entries = ROWS * config.sub * cols
   return (config.coded_slab and fmt.scale_kind == "byte" and slab_ok(fmt, m, k, config)
-          and (ROWS * config.sub * cols) % 128 == 0)
+          and entries % 128 == 0 and entries // 128 <= CODED_PER_THREAD)
+
+
+CODED_PER_THREAD = 16  # scale codes per thread of the in-kernel slab decode, at most
 
 
 def slab_ok(fmt: WeightFormat, m: int, k: int, config: WgmmaConfig) -> bool:
