@@ -1,16 +1,34 @@
 # Prepared for the next GPU session (not run yet). From the repository root on an H100, with the
 # flax wheel in .whl/ (see the device README):
-#   bash docs/measurements/mosaic_2026-12-07/next_gpu_run.sh
-# It answers what runs 2-4 left open (docs/benchmarks.md, "Runs 2-4"):
-#  1. the two GPU test cases that replaced the `overlap` ones (M = 128 sub 2; M = 64 sub 2 slab fp16);
-#  2. the Llama-3.1-8B decode at batch 16 with the recorded dispatch (Mosaic for gate/up/down),
-#     bf16 in the same run, with build and first-call (compile) times printed;
-#  3. the slab scale path against the default, and Mosaic against Triton at 8192 x 4096 and
-#     4096 x 8192 (between the sizes measured to lose and to win: where "wgmma_min_weights" belongs).
+#   bash docs/measurements/mosaic_2026-12-07/next_gpu_run.sh        (about 590 s)
+# It answers what run 5 left open (docs/benchmarks.md, "Runs 5-8"):
+#  1. the split-K add-reduction, rewritten as pl.kernel into a zeroed Ref after run 5 found that
+#     JAX 0.11.2 no longer lowers a Mosaic GPU pl.pallas_call: its GPU tests, and its speed at
+#     M = 16 and 64 against the XLA sum of the partial tiles (configs recorded into a copy);
+#  2. matmul_4bit with those configs, NF4 + DQ included (in-kernel scale decode capped at 16
+#     codes per thread);
+#  3. whether XLA compiles a Mosaic kernel once per call site (a reason the 8B decode may not
+#     have finished in runs 2-3);
+#  4. the Llama-3.1-8B decode at batches 16 and 1 with the recorded dispatch, bf16 in the same run.
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/flax*.whl
 export PYTHONPATH=/tmp/site:$PWD
-nvidia-smi --query-gpu=name,driver_version --format=csv > $OUT/gpu.txt
-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 90 python3 -m pytest -q -n 4 -p no:benchmark -p no:cacheprovider tests/test_wgmma_kernel.py tests/test_lut_kernels.py > $OUT/pytest_gpu.txt 2>&1; echo pytest rc $?; tail -3 $OUT/pytest_gpu.txt; grep -E "^FAILED" $OUT/pytest_gpu.txt | head -5
-timeout 300 python3 tools/bench_llama.py --config llama_8b --variants nf4_dq,bf16 --routes default --skip-qlora --batches 16 --repeats 2 > $OUT/llama8b_b16.txt 2>&1; echo b8 rc $?; grep -v Warning $OUT/llama8b_b16.txt | tail -5
-timeout 130 python3 tools/sweep_lut_kernels.py --shapes 8192x4096,4096x8192,8192x8192 --ms 16 --gemv "" --mma "kind=mma,block_n=128,chunks=2,num_warps=8,split_k=4" --mma-big "" --wgmma '{};{"slab":true}' > $OUT/sweep_threshold.txt 2>&1; echo s rc $?; grep -A2 "best per M" $OUT/sweep_threshold.txt
-date
+nvidia-smi --query-gpu=name,driver_version --format=csv > $OUT/gpu.txt; cat $OUT/gpu.txt; date
+left() { echo $(( ${1} - SECONDS )); }
+XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 60 python3 -m pytest -q -n 4 -p no:benchmark -p no:cacheprovider \
+  tests/test_wgmma_kernel.py > $OUT/pytest_gpu.txt 2>&1
+echo pytest rc $?; tail -2 $OUT/pytest_gpu.txt; grep -E "^FAILED" $OUT/pytest_gpu.txt | head; date
+W='{};{"reduce": true};{"slab": true, "reduce": true}'
+timeout 90 python3 tools/sweep_lut_kernels.py --shapes 8192x8192,14336x4096,4096x14336,4096x4096 \
+  --ms 16 --gemv "" --mma "" --mma-big "" --wgmma "$W" --write-configs $OUT/matmul_4bit.json > $OUT/sweep16.txt 2>&1
+echo sweep rc $?; grep -E "^(wgmma|bf16|FAIL)|  wgmma/" $OUT/sweep16.txt | cut -c1-120
+timeout 40 python3 tools/sweep_lut_kernels.py --shapes 8192x8192 --ms 64 --gemv "" --mma "" --mma-big "" --wgmma "$W" \
+  --write-configs $OUT/matmul_4bit.json > $OUT/sweep64.txt 2>&1
+echo sweep64 rc $?; grep -E "^(wgmma|bf16|FAIL)|  wgmma/" $OUT/sweep64.txt | cut -c1-120; date
+[ -f $OUT/matmul_4bit.json ] && cp $OUT/matmul_4bit.json pallas_kernels/data/matmul_4bit.json
+timeout 60 python3 -m jaxfp4 bench --skip-quantize --matmul-shapes 8192x8192 --ms 16,64 --no-backward \
+  --format-types nf4+dq --format-ms 16,64,128 > $OUT/bench.txt 2>&1; echo bench rc $?; grep -v Warn $OUT/bench.txt | tail -9
+timeout 60 python3 docs/measurements/mosaic_2026-12-07/compile_per_call_site.py > $OUT/compile.txt 2>&1
+echo compile rc $?; grep calls $OUT/compile.txt; date
+timeout -s ABRT $(left 585) python3 -X faulthandler tools/bench_llama.py --config llama_8b --variants nf4_dq,bf16 \
+  --routes default --skip-qlora --batches 16,1 --repeats 2 > $OUT/llama8b.txt 2>&1
+echo llama rc $?; grep -v Warning $OUT/llama8b.txt | grep -v site-packages | tail -12; date

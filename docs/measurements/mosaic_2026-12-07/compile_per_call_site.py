@@ -1,10 +1,12 @@
-"""Does XLA compile a Mosaic kernel once per distinct kernel, or once per call site? (run 6)
+"""Does XLA compile a Mosaic kernel once per distinct kernel, or once per call site?
+
+Prepared for the next GPU session; not run yet.
 
 Times the first call (trace + compile + run) of a jitted function with 1 and with 24 calls
 of the same Mosaic kernel on the same weight shape; a per-call-site compile shows as a
 first-call time that grows with the number of calls.
 
-  python3 docs/measurements/mosaic_2026-12-07/run6_compile.py
+  python3 docs/measurements/mosaic_2026-12-07/compile_per_call_site.py
 """
 import os
 import sys
