@@ -327,6 +327,9 @@ def _scale_slab_decoder(tile_n: int, cols: int, nkb: int, fmt: WeightFormat, n_g
   return decode
 
 
+CODED_PER_THREAD = 16  # scale codes per thread of the in-kernel slab decode, at most
+
+
 def coded_slab_ok(fmt: WeightFormat, m: int, k: int, config: WgmmaConfig) -> bool:
   """The kernel decodes the byte-coded scales itself (``config.coded_slab``): the slab
   fits (:func:`slab_ok`), its ``tile_n * cols`` entries split evenly over 128 threads, and
@@ -338,9 +341,6 @@ def coded_slab_ok(fmt: WeightFormat, m: int, k: int, config: WgmmaConfig) -> boo
   entries = ROWS * config.sub * cols
   return (config.coded_slab and fmt.scale_kind == "byte" and slab_ok(fmt, m, k, config)
           and entries % 128 == 0 and entries // 128 <= CODED_PER_THREAD)
-
-
-CODED_PER_THREAD = 16  # scale codes per thread of the in-kernel slab decode, at most
 
 
 def slab_ok(fmt: WeightFormat, m: int, k: int, config: WgmmaConfig) -> bool:
@@ -462,8 +462,8 @@ def wgmma_partials(x_log: jax.Array, words: jax.Array, scales: jax.Array, table:
     )
     return call(*operands)
 
-  # The add-reduction needs a zeroed output. plgpu.kernel takes no aliases, and JAX 0.11
-  # no longer lowers a Mosaic GPU pl.pallas_call, so the output is a mutable Ref that
+  # The add-reduction needs a zeroed output. plgpu.kernel takes no aliases, and JAX 0.11.2
+  # did not lower a Mosaic GPU pl.pallas_call (H100, run 5; 0.10 deprecates it), so the output is a mutable Ref that
   # starts as zeros (pl.run_state) and the kernel (pl.kernel on a Mosaic GPU mesh)
   # writes into it; the inputs stay plain operands, so nothing else is copied.
   mesh = plgpu.Mesh(grid=(n // tile_n, split), grid_names=("n", "k"))
