@@ -169,6 +169,9 @@ LOWER_CASES = [  # n, k, m, blocksize, encoding, dtype, config
     (256, 4096, 16, 64, "nested", "bfloat16",
      wgmma.WgmmaConfig(slab=True, coded_slab=True, reduce=True)),
     (128, 2048, 40, 128, "byte", "float16", wgmma.WgmmaConfig(slab=True, coded_slab=True, sub=2)),
+    (256, 4096, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig(slab=True, late_slab=True)),
+    (256, 4096, 16, 64, "nested", "bfloat16",
+     wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, reduce=True)),
 ]
 
 
@@ -199,6 +202,9 @@ GPU_CASES = [  # n, k, m, blocksize, encoding, dtype, config
      wgmma.WgmmaConfig(slab=True, coded_slab=True, sub=3, split_k=2, reduce=True)),
     (128, 4096, 24, 128, "byte", "float16", wgmma.WgmmaConfig(slab=True, coded_slab=True)),
     (256, 2048, 1, 64, "nested", "bfloat16", wgmma.WgmmaConfig(slab=True, coded_slab=True)),
+    (256, 4096, 16, 128, "float*", "bfloat16", wgmma.WgmmaConfig(slab=True, late_slab=True)),
+    (128, 4096, 24, 64, "nested", "float16",
+     wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, split_k=4)),
 ]
 
 

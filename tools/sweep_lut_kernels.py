@@ -136,7 +136,14 @@ def main():
                               else DATA_JSON).read())
       entry = table.setdefault(common.device_kind(), {})
       for key, r in winners.items():
-        entry[key] = dataclasses.asdict(parse_cfg(r["cfg_text"]))
+        cfg = parse_cfg(r["cfg_text"])
+        if isinstance(cfg, wgmma_lib.WgmmaConfig):
+          # The sweep's weights have float32 scales. Where a CTA's byte-coded scales split
+          # into at most 16 per thread (wgmma.coded_slab_ok), decoding them in the kernel
+          # measured faster than XLA's pass (run 5: NF4 + DQ 2% behind NF4 at M = 16,
+          # against 29% with XLA's decode), so the recorded entry keeps it on.
+          cfg = dataclasses.replace(cfg, coded_slab=True)
+        entry[key] = dataclasses.asdict(cfg)
       with open(args.write_configs, "w") as f:
         json.dump(table, f, indent=1)
         f.write("\n")
