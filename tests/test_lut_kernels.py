@@ -229,3 +229,27 @@ def test_straddling_blocks_use_the_reference():
   assert not lut_api.can_use_kernel(6, 40, 64)
   assert lut_api.can_use_kernel(6, 128, 64)
   assert fmt.blocksize == 64
+
+
+@pytest.mark.parametrize("kind,m", [("gemv", 1), ("mma", 16)])
+def test_call_sites_of_one_triton_kernel_share_one_lowered_kernel(kind, m):
+  # A decode step calls the same kernel once per layer; each call site must not trace and
+  # serialize the Triton kernel again (lowered for CUDA here, on any machine).
+  import jax
+  from pallas_kernels._src.lut_matmul import gemv, mma
+  w, fmt = make_weight(512, 512, 64, "float", seed=2)
+  fn = gemv.gemv_4bit_triton if kind == "gemv" else mma.mma_4bit_triton
+  cfg = lut_config.fit(LutConfig(kind=kind), m, 512, 512 // 64)
+  x = jax.ShapeDtypeStruct((m, 512), jnp.bfloat16)
+
+  def kernels(calls, config_of):
+    def f(x, w):
+      for i in range(calls):
+        x = fn(x, w, fmt=fmt, config=config_of(i)) * 1e-2
+      return x
+    return jax.jit(f).trace(x, w).lower(lowering_platforms=("cuda",)).as_text().count(
+        "custom_call @")
+
+  assert kernels(1, lambda i: cfg) == 1
+  assert kernels(5, lambda i: cfg) == 1
+  assert kernels(2, lambda i: dataclasses.replace(cfg, num_warps=4 * (i + 1))) == 2

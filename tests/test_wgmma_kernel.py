@@ -236,3 +236,25 @@ def test_group_shares_the_permuted_activations():
   for g, w, b in zip(got, (w1, w2), (None, bias)):
     assert g.shape == (21, w.shape[0])
     check_close(g, x, kernel_weight(w, fmt, "mma", "shfl", jnp.bfloat16), jnp.bfloat16, False, b)
+
+
+def test_call_sites_of_one_kernel_share_one_lowered_kernel():
+  # A Llama decode step calls the same kernel once per layer: each call site must not
+  # trace and serialize the Mosaic module again (100 KB of module text per site).
+  w, fmt = make_weight(512, 512, 64, "float", seed=5)  # square: the calls can chain
+  x = jax.ShapeDtypeStruct((16, 512), jnp.bfloat16)
+  cfg = wgmma.WgmmaConfig(reduce=True)
+
+  def modules(calls, config_of):
+    def f(x, w):
+      for i in range(calls):
+        x = wgmma.wgmma_4bit(x, w, fmt=fmt, config=config_of(i)) * 1e-2
+      return x
+    text = jax.jit(f).trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
+    return text.count("custom_call @mosaic_gpu")
+
+  one = modules(1, lambda i: cfg)
+  assert one >= 1
+  assert modules(6, lambda i: cfg) == one  # six call sites, one kernel
+  # Different static options are different kernels.
+  assert modules(2, lambda i: dataclasses.replace(cfg, steps=3 + i)) == 2 * one

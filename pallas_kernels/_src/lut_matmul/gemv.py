@@ -195,10 +195,23 @@ def gemv_4bit_group_triton(
   for w, n in zip(ws, ns):
     operands.append(jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.uint32))
     operands += scales_lib.scale_operands(w, fmt)
+  outs = _launch(x.reshape(m, k // 8, 8), table, *operands, fmt=fmt, config=config, ns=ns,
+                 groups=groups, slices=slices, table_dtype=jnp.dtype(table_dtype),
+                 interpret=interpret)
+  return common.sum_partials(outs, biases, x.dtype)
+
+
+# Jitted so that every call site with the same shapes and options shares one traced and
+# lowered kernel (a decode step calls the same kernel once per layer; without it each call
+# site is traced and its kernel serialized again: docs/benchmarks.md, run 6).
+@functools.partial(jax.jit, static_argnames=("fmt", "config", "ns", "groups", "slices",
+                                             "table_dtype", "interpret"))
+def _launch(x3, table, *operands, fmt, config, ns, groups, slices, table_dtype, interpret):
+  m, k8, _ = x3.shape
   kernel = functools.partial(
-      _gemv_kernel, fmt=fmt, cfg=config, m=m, ns=ns, nkb=k // fmt.blocksize, groups=groups,
-      table_dtype=jnp.dtype(table_dtype), interpret=interpret)
-  outs = pl.pallas_call(
+      _gemv_kernel, fmt=fmt, cfg=config, m=m, ns=ns, nkb=k8 * 8 // fmt.blocksize,
+      groups=groups, table_dtype=table_dtype, interpret=interpret)
+  return pl.pallas_call(
       kernel,
       grid=(sum(groups), slices),
       out_shape=[jax.ShapeDtypeStruct((slices, m, n), jnp.float32) for n in ns],
@@ -206,5 +219,4 @@ def gemv_4bit_group_triton(
                                            num_stages=config.num_stages),
       interpret=interpret,
       name="jaxfp4_gemv_4bit",
-  )(x.reshape(m, k // 8, 8), table, *operands)
-  return common.sum_partials(outs, biases, x.dtype)
+  )(x3, table, *operands)

@@ -203,11 +203,25 @@ def mma_4bit_group_triton(
     args += scales_lib.scale_operands(w, fmt)
     if has_bias:
       args.append(b.astype(jnp.float32))
+  outs = _launch(*args, fmt=fmt, config=config, ns=ns, tiles=tiles, biased=biased,
+                 interpret=interpret)
+  if not partial:
+    return tuple(outs)
+  return common.sum_partials(outs, biases, x.dtype)
+
+
+# Jitted so that every call site with the same shapes and options shares one traced and
+# lowered kernel (as gemv._launch).
+@functools.partial(jax.jit, static_argnames=("fmt", "config", "ns", "tiles", "biased",
+                                             "interpret"))
+def _launch(x, *args, fmt, config, ns, tiles, biased, interpret):
+  m, k = x.shape
+  partial = config.split_k > 1
   kernel = functools.partial(
       _mma_kernel, fmt=fmt, cfg=config, m=m, ns=ns, tiles=tiles, biased=biased,
       nkb=k // fmt.blocksize, partial=partial, out_dtype=jnp.dtype(x.dtype),
       interpret=interpret)
-  outs = pl.pallas_call(
+  return pl.pallas_call(
       kernel,
       grid=(pl.cdiv(m, config.block_m), sum(tiles), config.split_k),
       out_shape=[jax.ShapeDtypeStruct((config.split_k, m, n) if partial else (m, n),
@@ -216,7 +230,4 @@ def mma_4bit_group_triton(
                                            num_stages=config.num_stages),
       interpret=interpret,
       name="jaxfp4_mma_4bit",
-  )(*args)
-  if not partial:
-    return tuple(outs)
-  return common.sum_partials(outs, biases, x.dtype)
+  )(x, *args)

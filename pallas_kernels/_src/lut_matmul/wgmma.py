@@ -30,11 +30,13 @@ process has both. ``matmul_lut(kind="mma")`` runs this kernel when given a
 ``[K/64, N]`` order (a TMA box needs 16 bytes along its minor dimension), made by
 :func:`kernel_scales` (XLA decodes double-quantized and byte-coded scales on the way), or,
 with ``WgmmaConfig(slab=True)``, as stored: each CTA copies its rows' float32 scales once.
+The launch parameters, what the kernel supports and the XLA-side scale preparation are in
+:mod:`wgmma_config` (re-exported here).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import inspect
 from collections.abc import Sequence
 from typing import Any
@@ -46,7 +48,10 @@ import numpy as np
 from pallas_kernels._src import common
 from pallas_kernels._src.lut_matmul import wgmma_layout as layout_lib
 from pallas_kernels._src.lut_matmul.wgmma_layout import BLOCK, ROWS, permute_activations
-from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, combine_scales
+from pallas_kernels._src.lut_matmul.wgmma_config import (  # noqa: F401  (re-exported)
+    CODED_PER_THREAD, SMEM_LIMIT, WgmmaConfig, coded_slab_ok, fit, kernel_scales, slab_ok,
+    smem_bytes, stored_scales, supports)
+from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat
 
 try:  # Mosaic GPU ships with jaxlib; its Python side changes between JAX releases.
   from jax.experimental import pallas as pl
@@ -60,147 +65,11 @@ except ImportError:  # pragma: no cover - depends on the installed jaxlib
   _IMPORTED = False
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class WgmmaConfig:
-  """Launch parameters of the Mosaic GPU kernel.
-
-  Example:
-    >>> from pallas_kernels import WgmmaConfig
-    >>> from pallas_kernels._src.lut_matmul.wgmma import fit
-    >>> fit(WgmmaConfig(sub=2), 16, 4096, 4096).name()  # 16 rows of x, W[4096, 4096]
-    'wgmma,k128,s8,r2,p4'
-
-  Attributes:
-    tile_k: weights of K per pipeline step (64, 128 or 256).
-    split_k: CTAs per output tile along K (0: enough CTAs to fill the GPU).
-    sub: row tiles of 64 per CTA (they share the activations' tile).
-    steps: pipeline depth (TMA copies in flight per CTA).
-    slab: read float32 scales as stored (``[N, K/blocksize]``): each CTA copies its rows'
-      scales for its K range into shared memory once, instead of XLA transposing them
-      to ``[K/64, N]`` before every product (unnested formats without a multiplier).
-    coded_slab: byte-coded (and double-quantized) scales reach the kernel as stored (one
-      byte per block); each CTA decodes its slab into float32 once, before its pipeline
-      starts, instead of XLA decoding every scale before every product. Applies where the
-      slab fits (:func:`coded_slab_ok`), whether or not ``slab`` is set; float scales
-      ignore it.
-    late_slab: with a slab, the CTA waits for its scales' copy (or decodes their codes)
-      inside the first pipeline step, after the pipeline has issued its first ``steps``
-      copies, instead of before the pipeline starts: the slab's latency overlaps the
-      first weight tiles' (run 5 measured the slab 2 us slower than per-step scales at
-      M = 16 on 8192 x 8192, a cost paid before every CTA's first copy).
-    reduce: with ``split_k > 1``, each CTA adds its partial tile into one float32 output
-      with a TMA add-reduction (``cp.reduce.async.bulk``, done in L2) instead of writing
-      ``split_k`` partial tiles that XLA sums afterwards (a write and a read of
-      ``split_k * N * M`` floats, and a launch).
-  """
-
-  tile_k: int = 128
-  split_k: int = 0
-  sub: int = 1
-  steps: int = 4
-  slab: bool = False
-  coded_slab: bool = False
-  late_slab: bool = False
-  reduce: bool = False
-
-  def __post_init__(self):
-    if self.tile_k not in (64, 128, 256):
-      raise ValueError(f"`tile_k` must be 64, 128 or 256, got {self.tile_k}.")
-    for name in ("sub", "steps"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
-    if self.split_k < 0:
-      raise ValueError(f"`split_k` must be >= 0 (0: automatic), got {self.split_k}.")
-
-  def name(self) -> str:
-    return (f"wgmma,k{self.tile_k},s{self.split_k},r{self.sub},p{self.steps}"
-            + (",slab" if self.slab else "") + (",coded" if self.coded_slab else "")
-            + (",late" if self.late_slab else "")
-            + (",red" if self.reduce else ""))
-
-
 def available() -> bool:
   """Mosaic GPU imports and the default device is an sm_90 (Hopper) GPU."""
   if not (_IMPORTED and common.on_gpu()):
     return False
   return str(getattr(jax.devices()[0], "compute_capability", "")).startswith("9.")
-
-
-def supports(n: int, k: int, fmt: WeightFormat, dtype) -> bool:
-  """Shapes and formats the kernel takes: whole 64-row tiles, whole 64-weight scale
-  blocks (blocksize >= 64) and 16-bit activations."""
-  return (n > 0 and n % ROWS == 0 and k > 0 and k % BLOCK == 0
-          and fmt.blocksize % BLOCK == 0 and jnp.dtype(dtype).name in ("bfloat16", "float16"))
-
-
-def stored_scales(w: PackedWeight, fmt: WeightFormat) -> jax.Array:
-  """float32 scale per row and block, in the stored ``[N, K/blocksize]`` order: the stored
-  scales themselves when they are plain float32, else decoded by XLA (one elementwise
-  pass with small-table gathers, no transpose)."""
-  n, nkb = w.scales.shape
-  if fmt.scale_kind == "float":
-    if fmt.scale_multiplier == 1.0:
-      return w.scales.astype(jnp.float32)
-    return combine_scales(w.scales, None, None, fmt)
-  assert w.scale_table is not None  # check_weight: byte scales come with their table
-  base = w.scale_table[w.scales.astype(jnp.int32)]
-  group = offset = None
-  if fmt.nested_blocksize:
-    assert w.group_scales is not None and w.offset is not None
-    blocks = jnp.arange(n * nkb, dtype=jnp.int32).reshape(n, nkb)
-    group = w.group_scales[jnp.minimum(blocks // fmt.nested_blocksize,
-                                       w.group_scales.shape[0] - 1)]
-    offset = w.offset[0]
-  return combine_scales(base, group, offset, fmt)
-
-
-def kernel_scales(w: PackedWeight, fmt: WeightFormat) -> jax.Array:
-  """float32 scale per row and 64 weights, as ``[K/64, N]``."""
-  s = stored_scales(w, fmt)
-  s = jnp.repeat(s, fmt.blocksize // BLOCK, axis=1) if fmt.blocksize > BLOCK else s
-  return s.T
-
-
-def fit(config: WgmmaConfig, m: int, n: int, k: int) -> WgmmaConfig:
-  """``config`` adjusted to the shape: dividing tiles, and ``split_k`` from the CTA count
-  the measurements favoured (docs/benchmarks.md): about 8 per SM at M <= 32, 2 at M <= 64,
-  1 above (the activation tile grows with M)."""
-  tile_k = config.tile_k
-  while k % tile_k:
-    tile_k //= 2
-  sub = config.sub
-  while (n // ROWS) % sub:
-    sub //= 2
-  depth = config.steps
-  while smem_bytes(m, tile_k, sub, depth) > SMEM_LIMIT:  # shallower, then narrower
-    if depth > 2:
-      depth -= 1
-    elif tile_k > BLOCK:
-      tile_k //= 2
-    elif sub > 1:
-      sub //= 2
-    else:
-      break
-  steps = k // tile_k
-  split = config.split_k
-  if split == 0:
-    target = 1024 if m <= 32 else 264 if m <= 64 else 132
-    split = max(1, min(8, target // max(1, n // (ROWS * sub))))
-  split = max(1, min(split, steps))
-  while steps % split:
-    split -= 1
-  return dataclasses.replace(config, tile_k=tile_k, sub=sub, split_k=split, steps=depth)
-
-
-SMEM_LIMIT = 232448 - 2048  # an H100's shared memory per block, less the pipeline's barriers
-
-
-def smem_bytes(m: int, tile_k: int, sub: int, steps: int) -> int:
-  """Shared memory of one CTA: ``steps`` buffers of activations, words and scales, and
-  the float32 output tile."""
-  tile_n = ROWS * sub
-  per_step = m * tile_k * 2 + tile_n * tile_k // 2 + (tile_k // BLOCK) * tile_n * 4
-  return steps * per_step + tile_n * m * 4
 
 
 def _load(ref, layout):
@@ -334,33 +203,6 @@ def _scale_slab_decoder(tile_n: int, cols: int, nkb: int, fmt: WeightFormat, n_g
   return decode
 
 
-CODED_PER_THREAD = 16  # scale codes per thread of the in-kernel slab decode, at most
-
-
-def coded_slab_ok(fmt: WeightFormat, m: int, k: int, config: WgmmaConfig) -> bool:
-  """The kernel decodes the byte-coded scales itself (``config.coded_slab``): the slab
-  fits (:func:`slab_ok`), its ``tile_n * cols`` entries split evenly over 128 threads, and
-  at most :data:`CODED_PER_THREAD` of them fall to each thread. The decode runs before the
-  CTA's pipeline starts, so a long one delays every CTA: on an H100 (run 5, 8192 x 8192
-  NF4 + DQ) 8 per thread (M = 16, split-K 8) ran within 2% of float32 scales, 64 per
-  thread (M = 128, no split) 23% slower, where XLA's decode pass had cost 7%."""
-  cols = k // config.split_k // fmt.blocksize
-  entries = ROWS * config.sub * cols
-  return (config.coded_slab and fmt.scale_kind == "byte" and slab_ok(fmt, m, k, config)
-          and entries % 128 == 0 and entries // 128 <= CODED_PER_THREAD)
-
-
-def slab_ok(fmt: WeightFormat, m: int, k: int, config: WgmmaConfig) -> bool:
-  """The scales can be read as a slab of :func:`stored_scales`: a CTA's scale row
-  (``K / split_k / blocksize`` floats) is a whole TMA box (16-byte multiple, <= 256) and
-  the slab fits in shared memory beside the pipeline. Any scale encoding qualifies: XLA
-  decodes byte-coded and nested scales in the stored order, without the transpose."""
-  cols = k // config.split_k // fmt.blocksize
-  slab_bytes = ROWS * config.sub * cols * 4
-  return ((cols * 4) % 16 == 0 and 0 < cols <= 256
-          and smem_bytes(m, config.tile_k, config.sub, config.steps) + slab_bytes <= SMEM_LIMIT)
-
-
 def wgmma_partials(x_log: jax.Array, words: jax.Array, scales: jax.Array, table: jax.Array,
                    *, config: WgmmaConfig, blocksize: int = BLOCK, slab: bool = False,
                    coded: tuple[WeightFormat, jax.Array, jax.Array] | None = None
@@ -375,6 +217,23 @@ def wgmma_partials(x_log: jax.Array, words: jax.Array, scales: jax.Array, table:
   ``coded``: ``(fmt, scale table [257] with the nested offset last, group scales)``;
   ``config`` already :func:`fit` to the shape.
   """
+  scale_table = group_scales = None
+  fmt = None
+  if coded is not None:
+    fmt, scale_table, group_scales = coded
+  return _partials(x_log, words, scales, table, scale_table, group_scales, config=config,
+                   blocksize=blocksize, slab=slab, coded_fmt=fmt)
+
+
+# One jitted function per kernel variant: every call site with the same shapes and static
+# options reuses one traced and lowered kernel (a shared MLIR function) instead of tracing
+# the kernel body and serializing its Mosaic module again (about 0.1-0.25 s and 100 KB of
+# module text per call site; a Llama-8B decode step has 96 of them, docs/benchmarks.md).
+@functools.partial(jax.jit, static_argnames=("config", "blocksize", "slab", "coded_fmt"))
+def _partials(x_log, words, scales, table, scale_table, group_scales, *,
+              config: WgmmaConfig, blocksize: int, slab: bool,
+              coded_fmt: WeightFormat | None) -> jax.Array:
+  coded = None if coded_fmt is None else (coded_fmt, scale_table, group_scales)
   mp, k = x_log.shape
   n = words.shape[0]
   tile_k, split, sub, steps = config.tile_k, config.split_k, config.sub, config.steps
@@ -401,12 +260,12 @@ def wgmma_partials(x_log: jax.Array, words: jax.Array, scales: jax.Array, table:
   def body(ni, ks, ins, o_gmem, o_smem, *slab_refs):
     x_gmem, w_gmem, s_gmem, t_gmem, *extra_refs = ins
     tab = _load(t_gmem, plgpu.Layout.WG_STRIDED((128,), vec_size=1))
-    s_slab = slab_refs[0] if slab else None
+    s_slab: Any = slab_refs[0] if slab else None
 
     def fill_slab():  # this CTA's scales, decoded from their byte codes once
       decode_slab(s_gmem, *extra_refs, s_slab, ni * tile_n, ks * cols)
 
-    if slab and coded is None:  # this CTA's scales, once: [tile_n, cols] of the stored [N, K / blocksize]
+    if slab and coded is None:  # this CTA's [tile_n, cols] of the stored [N, K / blocksize]
       barrier = slab_refs[1]
       plgpu.copy_gmem_to_smem(
           s_gmem.at[pl.ds(ni * tile_n, tile_n), pl.ds(ks * cols, cols)], s_slab, barrier)
