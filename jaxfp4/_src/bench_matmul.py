@@ -4,8 +4,8 @@ Bytes and FLOPs are counted first. The roofline of a row is
 ``max(bytes / copy bandwidth, 2*M*N*K / bf16 GEMM rate)``, both measured in the
 same run (a device copy, and an 8192^3 bf16 ``dot_general``), so "% roofline"
 is the fraction of what this device delivers. Each timed call runs the product
-against several copies of the weight (more bytes than the L2 holds) and
-reports the time per product.
+against several copies of the weight (more bytes than the L2 holds), at least 16
+products below 512 rows of x, and reports the time per product.
 """
 
 from __future__ import annotations
@@ -66,10 +66,20 @@ def _copies(a, count):
   return [jax.tree_util.tree_map(lambda l: jnp.array(l, copy=True), a) for _ in range(count)]
 
 
+# Products per timed call below 512 rows of x. Each call of a jitted function carries a
+# fixed cost on the GPU; with the 2 (bf16) to 5 (NF4) weight copies of one call, the bench
+# timed every route 8-12 us per product slower than the sweep tool's 8 products per call
+# (H100, run 6 in docs/benchmarks.md; bf16 at M = 1 62.1 against 49.7 us).
+_MIN_PRODUCTS = 16
+
+
 def _time_rotating(op, x, weights, quick: bool) -> float:
-  f = jax.jit(lambda x, ws: [op(x, w) for w in ws])
+  reps = len(weights) if quick or x.shape[0] >= 512 else max(len(weights), _MIN_PRODUCTS)
+  # Distinct activations per product: XLA would merge two products of the same operands.
+  xs = [x + jnp.asarray(i, x.dtype) for i in range(reps)]
+  f = jax.jit(lambda xs, ws: [op(xi, ws[i % len(ws)]) for i, xi in enumerate(xs)])
   kw = dict(warmup=1, batches=3, per_batch=2) if quick else dict(warmup=2, batches=7, per_batch=5)
-  return time_call(f, x, weights, **kw) / len(weights)
+  return time_call(f, xs, weights, **kw) / reps
 
 
 def _bf16_peak(quick: bool) -> float:
