@@ -138,6 +138,16 @@ def test_coded_slab_only_for_byte_scales_that_split_over_the_threads():
   assert whole.split_k == 1 and wgmma.slab_ok(nested, 128, 8192, whole)
   assert not wgmma.coded_slab_ok(nested, 128, 8192, whole)
   assert wgmma.coded_slab_ok(nested, 128, 8192, dataclasses.replace(whole, split_k=4))
+  # With late_slab the decode overlaps the first copies: up to 64 codes per thread.
+  assert wgmma.coded_slab_ok(nested, 128, 8192, dataclasses.replace(whole, late_slab=True))
+  wide = dataclasses.replace(whole, late_slab=True, sub=2)  # 128 codes per thread
+  assert wgmma.slab_ok(nested, 16, 8192, wide)
+  assert not wgmma.coded_slab_ok(nested, 16, 8192, wide)
+  # The GPU case below that relies on late_slab for its in-kernel decode (32 per thread).
+  late = wgmma.fit(wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, split_k=1),
+                   40, 128, 4096)
+  assert wgmma.coded_slab_ok(nested, 40, 4096, late)
+  assert not wgmma.coded_slab_ok(nested, 40, 4096, dataclasses.replace(late, late_slab=False))
 
 
 @pytest.mark.parametrize("encoding,bs", [("float", 64), ("float*", 128), ("nested", 64),
@@ -172,6 +182,8 @@ LOWER_CASES = [  # n, k, m, blocksize, encoding, dtype, config
     (256, 4096, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig(slab=True, late_slab=True)),
     (256, 4096, 16, 64, "nested", "bfloat16",
      wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, reduce=True)),
+    (128, 4096, 40, 64, "nested", "bfloat16",
+     wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, split_k=1)),
 ]
 
 
@@ -205,6 +217,9 @@ GPU_CASES = [  # n, k, m, blocksize, encoding, dtype, config
     (256, 4096, 16, 128, "float*", "bfloat16", wgmma.WgmmaConfig(slab=True, late_slab=True)),
     (128, 4096, 24, 64, "nested", "float16",
      wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, split_k=4)),
+    # 32 codes per thread: in-kernel decode only because of late_slab
+    (128, 4096, 40, 64, "nested", "bfloat16",
+     wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, split_k=1)),
 ]
 
 

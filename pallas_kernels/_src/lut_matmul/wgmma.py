@@ -49,8 +49,8 @@ from pallas_kernels._src import common
 from pallas_kernels._src.lut_matmul import wgmma_layout as layout_lib
 from pallas_kernels._src.lut_matmul.wgmma_layout import BLOCK, ROWS, permute_activations
 from pallas_kernels._src.lut_matmul.wgmma_config import (  # noqa: F401  (re-exported)
-    CODED_PER_THREAD, SMEM_LIMIT, WgmmaConfig, coded_slab_ok, fit, kernel_scales, slab_ok,
-    smem_bytes, stored_scales, supports)
+    CODED_PER_THREAD, CODED_PER_THREAD_LATE, SMEM_LIMIT, WgmmaConfig, coded_slab_ok, fit,
+    kernel_scales, slab_ok, smem_bytes, stored_scales, supports)
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat
 
 try:  # Mosaic GPU ships with jaxlib; its Python side changes between JAX releases.

@@ -159,6 +159,10 @@ def smem_bytes(m: int, tile_k: int, sub: int, steps: int) -> int:
 
 
 CODED_PER_THREAD = 16  # scale codes per thread of the in-kernel slab decode, at most
+# With late_slab the decode runs while the pipeline's first copies are in flight, so a
+# longer one may still pay; not measured yet (docs/benchmarks.md, run 6): this limit only
+# applies where a recorded config asks for late_slab.
+CODED_PER_THREAD_LATE = 64
 
 
 def coded_slab_ok(fmt: WeightFormat, m: int, k: int, config: WgmmaConfig) -> bool:
@@ -167,11 +171,14 @@ def coded_slab_ok(fmt: WeightFormat, m: int, k: int, config: WgmmaConfig) -> boo
   at most :data:`CODED_PER_THREAD` of them fall to each thread. The decode runs before the
   CTA's pipeline starts, so a long one delays every CTA: on an H100 (run 5, 8192 x 8192
   NF4 + DQ) 8 per thread (M = 16, split-K 8) ran within 2% of float32 scales, 64 per
-  thread (M = 128, no split) 23% slower, where XLA's decode pass had cost 7%."""
+  thread (M = 128, no split) 23% slower, where XLA's decode pass had cost 7%. With
+  ``late_slab`` the decode overlaps the first copies and the limit is
+  :data:`CODED_PER_THREAD_LATE`."""
   cols = k // config.split_k // fmt.blocksize
   entries = ROWS * config.sub * cols
+  limit = CODED_PER_THREAD_LATE if config.late_slab else CODED_PER_THREAD
   return (config.coded_slab and fmt.scale_kind == "byte" and slab_ok(fmt, m, k, config)
-          and entries % 128 == 0 and entries // 128 <= CODED_PER_THREAD)
+          and entries % 128 == 0 and entries // 128 <= limit)
 
 
 def slab_ok(fmt: WeightFormat, m: int, k: int, config: WgmmaConfig) -> bool:
