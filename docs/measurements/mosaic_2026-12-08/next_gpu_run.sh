@@ -6,8 +6,9 @@
 #     tensor-core kernels, Mosaic kernel);
 #  2. whether XLA's compile time per call site falls with them (run 6: 24 call sites of one
 #     Mosaic kernel took 5.92 s to lower and 6.60 s to compile);
-#  3. the partial second wave ncu found at M = 16 (1,024 CTAs, 5 per SM): split-K 4, 8 and 16
-#     and pipeline depths 3 and 4 with slab + late_slab + reduce, recorded where one wins;
+#  3. the partial second wave ncu found at M = 16 (1,024 CTAs, 5 per SM): split-K 4, 8 and 16,
+#     pipeline depths 3 and 4, and tile_k 64 (fewer operand registers, so more CTAs per SM),
+#     with slab + late_slab + reduce, recorded where one wins;
 #  4. the Llama-3.1-8B decode at batches 16 and 1 with those configs and the first-call time;
 #  5. NF4 + DQ at M = 64 with the in-kernel scale decode under late_slab (CODED_PER_THREAD_LATE).
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/flax*.whl
@@ -19,8 +20,8 @@ echo pytest rc $?; tail -2 $OUT/pytest_gpu.txt; grep -E "^FAILED" $OUT/pytest_gp
 timeout 40 python3 docs/measurements/mosaic_2026-12-07/compile_per_call_site.py > $OUT/compile.txt 2>&1
 echo compile rc $?; grep calls $OUT/compile.txt; date
 S='"slab": true, "late_slab": true, "reduce": true'
-W="{$S, \"split_k\": 4};{$S, \"split_k\": 8};{$S, \"split_k\": 16};{$S, \"split_k\": 4, \"steps\": 3};{$S, \"split_k\": 8, \"steps\": 3};{$S, \"split_k\": 16, \"steps\": 3}"
-timeout 110 python3 tools/sweep_lut_kernels.py --shapes 8192x8192,14336x4096,4096x14336 --ms 16 --gemv "" --mma "" \
+W="{$S, \"split_k\": 4};{$S, \"split_k\": 8};{$S, \"split_k\": 16};{$S, \"split_k\": 4, \"steps\": 3};{$S, \"split_k\": 8, \"steps\": 3};{$S, \"split_k\": 16, \"steps\": 3};{$S, \"tile_k\": 64, \"split_k\": 8};{$S, \"tile_k\": 64, \"split_k\": 16}"
+timeout 120 python3 tools/sweep_lut_kernels.py --shapes 8192x8192,14336x4096,4096x14336 --ms 16 --gemv "" --mma "" \
   --mma-big "" --wgmma "$W" --write-configs $OUT/matmul_4bit.json > $OUT/sweep16.txt 2>&1
 echo sweep rc $?; grep -E "^(wgmma|bf16|copy|FAIL)|  wgmma/|WRONG" $OUT/sweep16.txt | cut -c1-120; date
 [ -f $OUT/matmul_4bit.json ] && cp $OUT/matmul_4bit.json pallas_kernels/data/matmul_4bit.json
