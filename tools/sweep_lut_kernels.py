@@ -139,7 +139,7 @@ def main():
         cfg = parse_cfg(r["cfg_text"])
         if isinstance(cfg, wgmma_lib.WgmmaConfig):
           # The sweep's weights have float32 scales. Where a CTA's byte-coded scales split
-          # into at most 16 per thread (wgmma.coded_slab_ok), decoding them in the kernel
+          # into few enough per thread (wgmma.coded_slab_ok), decoding them in the kernel
           # measured faster than XLA's pass (run 5: NF4 + DQ 2% behind NF4 at M = 16,
           # against 29% with XLA's decode), so the recorded entry keeps it on.
           cfg = dataclasses.replace(cfg, coded_slab=True)

@@ -262,27 +262,22 @@ def _partials(x_log, words, scales, table, scale_table, group_scales, *,
     tab = _load(t_gmem, plgpu.Layout.WG_STRIDED((128,), vec_size=1))
     s_slab: Any = slab_refs[0] if slab else None
 
-    def fill_slab():  # this CTA's scales, decoded from their byte codes once
-      decode_slab(s_gmem, *extra_refs, s_slab, ni * tile_n, ks * cols)
+    def slab_ready():  # the float32 slab may be read once this returns
+      if coded is None:
+        plgpu.barrier_wait(slab_refs[1])
+      else:  # this CTA's scales, decoded from their byte codes once
+        decode_slab(s_gmem, *extra_refs, s_slab, ni * tile_n, ks * cols)
 
     if slab and coded is None:  # this CTA's [tile_n, cols] of the stored [N, K / blocksize]
-      barrier = slab_refs[1]
       plgpu.copy_gmem_to_smem(
-          s_gmem.at[pl.ds(ni * tile_n, tile_n), pl.ds(ks * cols, cols)], s_slab, barrier)
-      if not late:
-        plgpu.barrier_wait(barrier)
-    elif slab and not late:
-      fill_slab()
+          s_gmem.at[pl.ds(ni * tile_n, tile_n), pl.ds(ks * cols, cols)], s_slab, slab_refs[1])
+    if slab and not late:
+      slab_ready()
 
     def accumulate(*accs):
       def step(idx, x_smem, w_smem, *s_step):
         if late:  # the slab is waited for (or decoded) while the first copies are in flight
-          @pl.when(idx[0] == 0)
-          def _():
-            if coded is None:
-              plgpu.barrier_wait(slab_refs[1])
-            else:
-              fill_slab()
+          pl.when(idx[0] == 0)(slab_ready)
 
         xt = x_smem.transpose((1, 0))
         for t in range(sub):  # decode tile t while the wgmma of tile t - 1 runs
@@ -343,9 +338,10 @@ def _partials(x_log, words, scales, table, scale_table, group_scales, *,
     return call(*operands)
 
   # The add-reduction needs a zeroed output. plgpu.kernel takes no aliases, and JAX 0.11.2
-  # did not lower a Mosaic GPU pl.pallas_call (H100, run 5; 0.10 deprecates it), so the output is a mutable Ref that
-  # starts as zeros (pl.run_state) and the kernel (pl.kernel on a Mosaic GPU mesh)
-  # writes into it; the inputs stay plain operands, so nothing else is copied.
+  # did not lower a Mosaic GPU pl.pallas_call (H100, run 5; 0.10 deprecates it), so the
+  # output is a mutable Ref that starts as zeros (pl.run_state) and the kernel (pl.kernel on
+  # a Mosaic GPU mesh) writes into it; the inputs stay plain operands, so nothing else is
+  # copied.
   mesh = plgpu.Mesh(grid=(n // tile_n, split), grid_names=("n", "k"))
 
   def reduce_kernel(*refs):

@@ -38,7 +38,8 @@ class WgmmaConfig:
       to ``[K/64, N]`` before every product (unnested formats without a multiplier).
     coded_slab: byte-coded (and double-quantized) scales reach the kernel as stored (one
       byte per block); each CTA decodes its slab into float32 once, before its pipeline
-      starts, instead of XLA decoding every scale before every product. Applies where the
+      starts (with ``late_slab``, in its first step), instead of XLA decoding every scale
+      before every product. Applies where the
       slab fits (:func:`coded_slab_ok`), whether or not ``slab`` is set; float scales
       ignore it.
     late_slab: with a slab, the CTA waits for its scales' copy (or decodes their codes)
@@ -77,13 +78,11 @@ class WgmmaConfig:
             + (",red" if self.reduce else ""))
 
 
-
 def supports(n: int, k: int, fmt: WeightFormat, dtype) -> bool:
   """Shapes and formats the kernel takes: whole 64-row tiles, whole 64-weight scale
   blocks (blocksize >= 64) and 16-bit activations."""
   return (n > 0 and n % ROWS == 0 and k > 0 and k % BLOCK == 0
           and fmt.blocksize % BLOCK == 0 and jnp.dtype(dtype).name in ("bfloat16", "float16"))
-
 
 
 def stored_scales(w: PackedWeight, fmt: WeightFormat) -> jax.Array:
@@ -112,7 +111,6 @@ def kernel_scales(w: PackedWeight, fmt: WeightFormat) -> jax.Array:
   s = stored_scales(w, fmt)
   s = jnp.repeat(s, fmt.blocksize // BLOCK, axis=1) if fmt.blocksize > BLOCK else s
   return s.T
-
 
 
 def fit(config: WgmmaConfig, m: int, n: int, k: int) -> WgmmaConfig:
@@ -155,7 +153,6 @@ def smem_bytes(m: int, tile_k: int, sub: int, steps: int) -> int:
   tile_n = ROWS * sub
   per_step = m * tile_k * 2 + tile_n * tile_k // 2 + (tile_k // BLOCK) * tile_n * 4
   return steps * per_step + tile_n * m * 4
-
 
 
 CODED_PER_THREAD = 16  # scale codes per thread of the in-kernel slab decode, at most
