@@ -33,12 +33,15 @@ def test_decoder_order_is_what_mosaic_layout_gives():
   np.testing.assert_array_equal(wgmma_layout.derive_permutation(), wgmma_layout.PERMUTATION)
 
 
-def emulate_decode(words: np.ndarray, scales: np.ndarray, table: np.ndarray, dtype) -> np.ndarray:
+def emulate_decode(words: np.ndarray, scales: np.ndarray, table: np.ndarray, dtype,
+                   blocksize: int | None = None) -> np.ndarray:
   """The decoder of ``wgmma._decoder`` executed in numpy, thread by thread and register by
   register: the same schedule (``wgmma_layout``), ``shfl.sync.idx`` with segment mask 0x10
   (source lane ``(lane & 0x10) | (b & 0xf)``, PTX ISA), the float32 multiply and ``cvt.rn``'s
   packing (first operand in the high half, i.e. vector element 1). Returns the ``[64, tile_k]``
-  operand by logical position; every position must be written exactly once."""
+  operand by logical position; every position must be written exactly once. With
+  ``blocksize``, ``scales`` is a slab ``[64, tile_k / blocksize]`` and each thread reads the
+  column ``wgmma_layout.slab_column`` gives, as the slab decoder does."""
   from jax.experimental.mosaic.gpu import fragmented_array as fa
   rows, nwords = words.shape
   tile_k = nwords * 8
@@ -58,7 +61,8 @@ def emulate_decode(words: np.ndarray, scales: np.ndarray, table: np.ndarray, dty
       for p in range(8):
         code = int(word >> np.uint32(4 * p))
         src = (thread // 32) * 32 + ((thread % 32) & 0x10 | code & 0xF)
-        vals.append(np.float32(lanes[src]) * np.float32(scales[scale_row, j]))
+        col = j if blocksize is None else wgmma_layout.slab_column(0, j, thread, blocksize)
+        vals.append(np.float32(lanes[src]) * np.float32(scales[scale_row, col]))
     for q in range(8):
       lo, hi = vals[2 * q], vals[2 * q + 1]
       for value, (r, c) in zip((lo, hi), out_pos[(thread, wgmma_layout.operand_register(reg, q))]):
@@ -82,6 +86,52 @@ def test_emulated_decoder_yields_the_dequantized_weight_in_decoder_order(tile_k,
   for blk in range(tile_k // 64):
     want[:, 64 * blk + wgmma_layout.PERMUTATION] = weight[:, 64 * blk:64 * blk + 64]
   np.testing.assert_array_equal(emulate_decode(words, scales, table, dtype), want)
+
+
+@pytest.mark.parametrize("blocksize", [16, 32, 64, 128])
+def test_emulated_slab_decoder_scales_each_weight_by_its_own_block(blocksize):
+  # Blocks of 16 and 32 (NVFP4, MXFP4): the four lanes that share a row hold different
+  # blocks, so each reads its own slab column.
+  tile_k = 128
+  rng = np.random.default_rng(blocksize)
+  packed = rng.integers(0, 256, (64, tile_k // 2), dtype=np.uint8)
+  scales = rng.uniform(0.1, 2.0, (64, tile_k // blocksize)).astype(np.float32)
+  table = np.sort(rng.standard_normal(16)).astype(np.float32)
+  codes = np.empty((64, tile_k), np.int64)
+  codes[:, 0::2], codes[:, 1::2] = packed >> 4, packed & 0xF
+  weight = (table[codes] * np.repeat(scales, blocksize, axis=1)).astype(np.float32)
+  want = np.empty_like(weight)
+  for blk in range(tile_k // 64):
+    want[:, 64 * blk + wgmma_layout.PERMUTATION] = weight[:, 64 * blk:64 * blk + 64]
+  got = emulate_decode(packed.view("<u4").view(np.int32), scales, table, np.float32, blocksize)
+  np.testing.assert_array_equal(got, want)
+  if blocksize < 64:  # the same scales read per 64 (as before) would be wrong
+    with pytest.raises(AssertionError):
+      np.testing.assert_array_equal(
+          emulate_decode(packed.view("<u4").view(np.int32), scales, table, np.float32), want)
+
+
+def test_small_blocks_take_the_slab_with_a_split_that_fits():
+  _, mx = make_weight(256, 16384, 32, "byte", seed=2)
+  cfg = wgmma.fit(wgmma.WgmmaConfig(split_k=1), 64, 256, 16384)
+  assert cfg.split_k == 1 and not cfg.slab
+  assert not wgmma.slab_ok(mx, 64, 16384, cfg)  # 512 scales of 32 a row: over a TMA box
+  small = wgmma.small_block_config(cfg, mx, 64, 16384)
+  assert small.slab and small.split_k == 2 and wgmma.slab_ok(mx, 64, 16384, small)
+  _, nf = make_weight(256, 16384, 64, "float", seed=2)
+  assert wgmma.small_block_config(cfg, nf, 64, 16384) is cfg  # blocks of 64: unchanged
+  with pytest.raises(ValueError, match="kernel reads them from the slab"):
+    wgmma.kernel_scales(mx, mx)
+  # K = 64 * 3 with blocks of 16: 12 scales a row, 48 bytes, but 3 tiles split at most 3 ways
+  _, nv = make_weight(64, 192, 16, "byte", seed=2)
+  one = wgmma.fit(wgmma.WgmmaConfig(tile_k=64), 16, 64, 192)
+  assert wgmma.small_block_config(one, nv, 16, 192).split_k in (1, 3)
+  _, tiny = make_weight(64, 64, 16, "byte", seed=2)  # 4 scales: a 16-byte box row, fits
+  assert wgmma.small_block_config(wgmma.fit(wgmma.WgmmaConfig(), 16, 64, 64), tiny, 16, 64).slab
+
+
+def test_small_blocks_take_the_mosaic_kernel_only_where_recorded():
+  assert lut_api.limits("no_such_device")["wgmma_min_blocksize"] == 64
 
 
 def test_permuted_activations_meet_the_permuted_weight():
@@ -184,6 +234,11 @@ LOWER_CASES = [  # n, k, m, blocksize, encoding, dtype, config
      wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, reduce=True)),
     (128, 4096, 40, 64, "nested", "bfloat16",
      wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, split_k=1)),
+    # blocks of 32 and 16 (MXFP4, NVFP4): always a slab, float32 or decoded in the kernel
+    (256, 4096, 16, 32, "byte", "bfloat16", wgmma.WgmmaConfig()),
+    (256, 4096, 16, 16, "byte", "bfloat16",
+     wgmma.WgmmaConfig(coded_slab=True, late_slab=True, reduce=True)),
+    (128, 2048, 40, 16, "float", "float16", wgmma.WgmmaConfig(sub=2)),
 ]
 
 
@@ -220,6 +275,15 @@ GPU_CASES = [  # n, k, m, blocksize, encoding, dtype, config
     # 32 codes per thread: in-kernel decode only because of late_slab
     (128, 4096, 40, 64, "nested", "bfloat16",
      wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, split_k=1)),
+    # blocks of 32 and 16 (MXFP4, NVFP4): each lane reads its own block's scale
+    (256, 4096, 16, 32, "byte", "bfloat16", wgmma.WgmmaConfig()),
+    (256, 4096, 16, 32, "byte", "bfloat16",
+     wgmma.WgmmaConfig(coded_slab=True, late_slab=True, reduce=True)),
+    (256, 4096, 16, 16, "byte", "bfloat16",
+     wgmma.WgmmaConfig(coded_slab=True, late_slab=True, reduce=True)),
+    (128, 2048, 64, 16, "float", "float16", wgmma.WgmmaConfig(sub=2)),
+    (192, 2048, 8, 32, "nested", "bfloat16", wgmma.WgmmaConfig(coded_slab=True, split_k=4)),
+    (128, 8192, 128, 16, "byte", "bfloat16", wgmma.WgmmaConfig(tile_k=256)),
 ]
 
 

@@ -28,9 +28,10 @@ from pallas_kernels._src.matmul_4bit.weight import (PackedWeight, WeightFormat, 
 # (N * K); elsewhere the tensor-core kind is the Triton kernel. On an H100 it won from
 # 14336 x 4096 up and lost on 4096 x 4096 and smaller (docs/benchmarks.md).
 # The Mosaic kernel also takes M = 1-4 (padded to 8 rows) where "wgmma_min_m" says so: it
-# then replaces the GEMV on the weights it qualifies for.
+# then replaces the GEMV on the weights it qualifies for. Scale blocks smaller than 64
+# (MXFP4's 32, NVFP4's 16) take it only down to a recorded "wgmma_min_blocksize".
 DEFAULT_LIMITS = {"gemv_max_m": 4, "mma_max_m": 128, "wgmma_max_m": 0, "wgmma_min_weights": 0,
-                  "wgmma_min_m": 5}
+                  "wgmma_min_m": 5, "wgmma_min_blocksize": 64}
 
 # Configs measured on an H100 (tools/sweep_lut_kernels.py, 8192 x 8192) by M bucket.
 _DEFAULT_CONFIGS = {
@@ -58,7 +59,7 @@ def use_wgmma(m: int, n: int, k: int, fmt: WeightFormat, dtype,
     return False
   lim = limits(device_kind or common.device_kind())
   return (lim["wgmma_min_m"] <= m <= min(WGMMA_MAX_M, lim["wgmma_max_m"])
-          and n * k >= lim["wgmma_min_weights"])
+          and n * k >= lim["wgmma_min_weights"] and fmt.blocksize >= lim["wgmma_min_blocksize"])
 
 
 def limits(device_kind: str | None) -> dict[str, int]:
@@ -187,8 +188,9 @@ def _run_wgmma(x, w, fmt, config, bias, device):
   n, k = w.shape
   if not (wgmma_lib.supports(n, k, fmt, x.dtype) and wgmma_lib.available()):
     raise ValueError(
-        f"The Mosaic GPU kernel needs an sm_90 GPU, N % 64 == 0, K and the blocksize multiples "
-        f"of 64 and 16-bit x: got N={n}, K={k}, blocksize={fmt.blocksize}, x {x.dtype}.")
+        f"The Mosaic GPU kernel needs an sm_90 GPU, N % 64 == 0, K a multiple of 64 and of "
+        f"the blocksize (16 or more) and 16-bit x: got N={n}, K={k}, "
+        f"blocksize={fmt.blocksize}, x {x.dtype}.")
   if config is None:
     config = _wgmma_config(x.shape[0], n, k, device)
   return wgmma_lib.wgmma_4bit(x, w, fmt=fmt, config=config, bias=bias)

@@ -50,7 +50,7 @@ from pallas_kernels._src.lut_matmul import wgmma_layout as layout_lib
 from pallas_kernels._src.lut_matmul.wgmma_layout import BLOCK, ROWS, permute_activations
 from pallas_kernels._src.lut_matmul.wgmma_config import (  # noqa: F401  (re-exported)
     CODED_PER_THREAD, CODED_PER_THREAD_LATE, SMEM_LIMIT, WgmmaConfig, coded_slab_ok, fit,
-    kernel_scales, slab_ok, smem_bytes, stored_scales, supports)
+    kernel_scales, slab_ok, small_block_config, smem_bytes, stored_scales, supports)
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat
 
 try:  # Mosaic GPU ships with jaxlib; its Python side changes between JAX releases.
@@ -86,14 +86,16 @@ def _asm(result_type, operands, text: str, constraints: str) -> Any:
   return llvm.inline_asm(result_type, operands, text, constraints)
 
 
-def _decoder(tile_k: int, dtype, slab_rows: int | None = None):
+def _decoder(tile_k: int, dtype, slab_rows: int | None = None, blocksize: int = BLOCK):
   """``decode(words, table, *scales)``: int32 ``[64, tile_k/8]`` words (WGMMA layout), the
   table (lane ``t`` holds entry ``t % 16``) and one ``[64]`` scale column per 64 weights ->
   the ``[64, tile_k]`` operand in ``dtype``, WGMMA layout, logical K order.
 
   With ``slab_rows`` (the first row of this tile in the slab), ``scales`` is the shared
   memory slab ``[tile_n, cols]`` and one int32 column index per 64 weights: each thread
-  reads its two rows' scales itself (a strided view of the slab cannot be loaded)."""
+  reads its two rows' scales itself (a strided view of the slab cannot be loaded). Blocks
+  smaller than 64 (``blocksize`` 16 or 32) add the thread's own column offset within the 64
+  (``layout_lib.slab_column``)."""
   nblk = tile_k // BLOCK
   cvt = "cvt.rn.bf16x2.f32" if jnp.dtype(dtype) == jnp.bfloat16 else "cvt.rn.f16x2.f32"
   scale_types: tuple[Any, ...]
@@ -118,6 +120,9 @@ def _decoder(tile_k: int, dtype, slab_rows: int | None = None):
       base = arith.addi(arith.muli(arith.remui(arith.divui(tid, c(32)), c(4)), c(16)),
                         arith.divui(arith.remui(tid, c(32)), c(4)))
       base = arith.addi(base, c(slab_rows))
+      if blocksize < BLOCK:  # + 16 (lane % 4) // blocksize: the lane's block within the 64
+        lane_col = arith.divui(arith.muli(arith.remui(tid, c(4)), c(16)), c(blocksize))
+        cols = [arith.addi(col, lane_col) for col in cols]
       col_idx = [arith.index_cast(index, col) for col in cols]
     half = ir.BF16Type.get() if jnp.dtype(dtype) == jnp.bfloat16 else ir.F16Type.get()
     pick = lambda v, i: vector.extract(v, dynamic_position=[],
@@ -245,7 +250,7 @@ def _partials(x_log, words, scales, table, scale_table, group_scales, *,
   late = slab and config.late_slab
   x_swizzle = plgpu.find_swizzle(tile_k * 16, "rhs")
   if slab:  # one decoder per row tile: each reads its own rows of the slab
-    slab_decode = [_decoder(tile_k, x_log.dtype, t * ROWS) for t in range(sub)]
+    slab_decode = [_decoder(tile_k, x_log.dtype, t * ROWS, blocksize) for t in range(sub)]
   else:
     decode = _decoder(tile_k, x_log.dtype)
   extra: tuple[jax.Array, ...] = ()
@@ -374,7 +379,7 @@ def wgmma_4bit_group(x: jax.Array, ws: Sequence[PackedWeight], *, fmt: WeightFor
   outs = []
   for w, config, bias in zip(ws, configs, biases, strict=True):
     n = w.shape[0]
-    config = fit(config, mp, n, k)
+    config = small_block_config(fit(config, mp, n, k), fmt, mp, k)
     words = jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.int32)
     if coded_slab_ok(fmt, mp, k, config):  # the kernel decodes the byte codes
       assert w.scale_table is not None

@@ -79,10 +79,30 @@ class WgmmaConfig:
 
 
 def supports(n: int, k: int, fmt: WeightFormat, dtype) -> bool:
-  """Shapes and formats the kernel takes: whole 64-row tiles, whole 64-weight scale
-  blocks (blocksize >= 64) and 16-bit activations."""
-  return (n > 0 and n % ROWS == 0 and k > 0 and k % BLOCK == 0
-          and fmt.blocksize % BLOCK == 0 and jnp.dtype(dtype).name in ("bfloat16", "float16"))
+  """Shapes and formats the kernel takes: whole 64-row tiles, K a multiple of 64, scale
+  blocks of 16 or more weights and 16-bit activations. Blocks of 16 and 32 (NVFP4, MXFP4)
+  are read from a slab only (:func:`small_block_config`)."""
+  return (n > 0 and n % ROWS == 0 and k > 0 and k % BLOCK == 0 and fmt.blocksize >= 16
+          and k % fmt.blocksize == 0 and jnp.dtype(dtype).name in ("bfloat16", "float16"))
+
+
+def small_block_config(config: WgmmaConfig, fmt: WeightFormat, m: int,
+                       k: int) -> WgmmaConfig:
+  """``config`` (already :func:`fit`) as it runs for ``fmt``. Blocks smaller than 64
+  weights have no ``[K/64, N]`` scale order, so they take the slab (each thread reads its
+  own block's scale from shared memory, ``wgmma_layout.slab_column``), with ``split_k``
+  raised where a CTA's scale row would not fit a TMA box or shared memory."""
+  if fmt.blocksize >= BLOCK:
+    return config
+  c = dataclasses.replace(config, slab=True)
+  steps = k // c.tile_k
+  while not slab_ok(fmt, m, k, c):
+    split = next((s for s in range(c.split_k + 1, steps + 1) if steps % s == 0), None)
+    if split is None:
+      raise ValueError(f"No split of K={k} gives blocks of {fmt.blocksize} a scale slab "
+                       f"that fits; use a blocksize of 64 or more, or the dequantize route.")
+    c = dataclasses.replace(c, split_k=split)
+  return c
 
 
 def stored_scales(w: PackedWeight, fmt: WeightFormat) -> jax.Array:
@@ -108,6 +128,9 @@ def stored_scales(w: PackedWeight, fmt: WeightFormat) -> jax.Array:
 
 def kernel_scales(w: PackedWeight, fmt: WeightFormat) -> jax.Array:
   """float32 scale per row and 64 weights, as ``[K/64, N]``."""
+  if fmt.blocksize < BLOCK:
+    raise ValueError(f"Blocks of {fmt.blocksize} weights have no [K/64, N] scale order; "
+                     f"the kernel reads them from the slab (small_block_config).")
   s = stored_scales(w, fmt)
   s = jnp.repeat(s, fmt.blocksize // BLOCK, axis=1) if fmt.blocksize > BLOCK else s
   return s.T

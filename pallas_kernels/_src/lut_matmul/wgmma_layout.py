@@ -84,6 +84,15 @@ def scale_register(half: int) -> tuple[int, ...]:
   return (0, 0, half, 0, 0)
 
 
+def slab_column(first: int, block: int, thread: int, blocksize: int) -> int:
+  """The slab column of the scale for word register block ``j = block`` of a tile whose
+  first weight is ``first`` (along the CTA's K range): the register's 16 weights are real
+  indices ``first + 64 j + 16 (lane % 4) + [0, 16)``, inside one block of ``blocksize``
+  (16 or more). For blocks of 64 and more the lane term is 0: all four lanes of a row
+  share the scale."""
+  return (first + BLOCK * block) // blocksize + (16 * (thread % 4)) // blocksize
+
+
 def slab_row(thread: int, half: int) -> int:
   """The tile row of a thread's row half ``h``: ``16 warp + lane / 4 + 8h``."""
   return 16 * ((thread // 32) % 4) + (thread % 32) // 4 + 8 * half
