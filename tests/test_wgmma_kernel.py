@@ -35,7 +35,7 @@ def test_decoder_order_is_what_mosaic_layout_gives():
 
 def emulate_decode(words: np.ndarray, scales: np.ndarray, table: np.ndarray, dtype,
                    blocksize: int | None = None) -> np.ndarray:
-  """The decoder of ``wgmma._decoder`` executed in numpy, thread by thread and register by
+  """The decoder of ``wgmma_decode.weight_decoder`` executed in numpy, thread by thread and register by
   register: the same schedule (``wgmma_layout``), ``shfl.sync.idx`` with segment mask 0x10
   (source lane ``(lane & 0x10) | (b & 0xf)``, PTX ISA), the float32 multiply and ``cvt.rn``'s
   packing (first operand in the high half, i.e. vector element 1). Returns the ``[64, tile_k]``
