@@ -337,3 +337,61 @@ def test_call_sites_of_one_kernel_share_one_lowered_kernel():
   assert modules(6, lambda i: cfg) == one  # six call sites, one kernel
   # Different static options are different kernels.
   assert modules(2, lambda i: dataclasses.replace(cfg, steps=3 + i)) == 2 * one
+
+
+def test_fit_group_gives_each_weight_whole_cta_tiles():
+  cfg = wgmma.fit_group(wgmma.WgmmaConfig(sub=4), 16, [4096, 1024, 1024], 4096)
+  assert all(n % (64 * cfg.sub) == 0 for n in (4096, 1024, 1024))
+  odd = wgmma.fit_group(wgmma.WgmmaConfig(sub=2), 16, [256, 64], 1024)
+  assert odd.sub == 1  # 64 rows: one tile, so no CTA may hold two
+  assert wgmma.fit_group(wgmma.WgmmaConfig(), 16, [8192], 8192) == \
+      wgmma.fit(wgmma.WgmmaConfig(), 16, 8192, 8192)
+
+
+GROUP_CASES = [  # rows of each weight, K, M, blocksize, encoding, dtype, config
+    ((256, 128, 128), 2048, 16, 64, "nested", "bfloat16",
+     wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, reduce=True)),
+    ((384, 128), 4096, 24, 64, "float", "bfloat16",
+     wgmma.WgmmaConfig(slab=True, late_slab=True, reduce=True)),
+    ((128, 256), 1024, 40, 128, "byte", "float16", wgmma.WgmmaConfig(sub=2)),
+    ((256, 256), 4096, 8, 32, "byte", "bfloat16",
+     wgmma.WgmmaConfig(coded_slab=True, late_slab=True, reduce=True)),
+]
+
+
+def _group(rows, k, bs, encoding):
+  w0, fmt = make_weight(rows[0], k, bs, encoding, seed=rows[0] + k)
+  others = [make_weight(n, k, bs, encoding, seed=rows[0] + k)[0] for n in rows[1:]]
+  # make_weight draws the table and codes first: same seed, same format; the weights differ
+  # in their rows (and so in their bytes and scales)
+  return [w0, *others], fmt
+
+
+@pytest.mark.parametrize("rows,k,m,bs,encoding,dtype,config", GROUP_CASES)
+def test_group_in_one_launch_lowers_to_one_kernel(rows, k, m, bs, encoding, dtype, config):
+  ws, fmt = _group(rows, k, bs, encoding)
+  x = jax.ShapeDtypeStruct((m, k), jnp.dtype(dtype))
+
+  def kernels(configs):
+    f = jax.jit(lambda x, ws: wgmma.wgmma_4bit_group(x, ws, fmt=fmt, configs=configs,
+                                                      biases=[None] * len(ws)))
+    return f.trace(x, ws).lower(lowering_platforms=("cuda",)).as_text().count(
+        "custom_call @mosaic_gpu")
+
+  assert kernels(config) == 1  # one launch for the group
+  per_weight = [dataclasses.replace(config, steps=2 + i) for i in range(len(rows))]
+  assert kernels(per_weight) == len(rows)  # one launch per weight
+
+
+@pytest.mark.skipif(not HOPPER, reason="the compiled kernel needs an sm_90 GPU")
+@pytest.mark.parametrize("rows,k,m,bs,encoding,dtype,config", GROUP_CASES)
+def test_group_in_one_launch_meets_each_exact_product(rows, k, m, bs, encoding, dtype, config):
+  ws, fmt = _group(rows, k, bs, encoding)
+  rng = np.random.default_rng(m)
+  x = jnp.asarray(rng.standard_normal((m, k)), jnp.dtype(dtype))
+  biases = [None] + [jnp.asarray(rng.standard_normal(n), jnp.float32) for n in rows[1:]]
+  got = wgmma.wgmma_4bit_group(x, ws, fmt=fmt, configs=config, biases=biases)
+  for g, w, b in zip(got, ws, biases, strict=True):
+    assert g.shape == (m, w.shape[0]) and g.dtype == jnp.dtype(dtype)
+    check_close(g, x, kernel_weight(w, fmt, "mma", "shfl", jnp.dtype(dtype)), jnp.dtype(dtype),
+                False, b)

@@ -49,7 +49,7 @@ from pallas_kernels._src.lut_matmul import wgmma_decode as decode_lib
 from pallas_kernels._src.lut_matmul.wgmma_layout import BLOCK, ROWS, permute_activations
 from pallas_kernels._src.lut_matmul.wgmma_config import (  # noqa: F401  (re-exported)
     CODED_PER_THREAD, CODED_PER_THREAD_LATE, SMEM_LIMIT, WgmmaConfig, coded_slab_ok, fit,
-    kernel_scales, slab_ok, small_block_config, smem_bytes, stored_scales, supports)
+    fit_group, kernel_scales, slab_ok, small_block_config, smem_bytes, stored_scales, supports)
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat
 
 try:  # Mosaic GPU ships with jaxlib; its Python side changes between JAX releases.
@@ -67,10 +67,10 @@ def available() -> bool:
   return str(getattr(jax.devices()[0], "compute_capability", "")).startswith("9.")
 
 
-def wgmma_partials(x_log: jax.Array, words: jax.Array, scales: jax.Array, table: jax.Array,
+def wgmma_partials(x_log: jax.Array, words: jax.Array | Sequence[jax.Array],
+                   scales: jax.Array | Sequence[jax.Array], table: jax.Array,
                    *, config: WgmmaConfig, blocksize: int = BLOCK, slab: bool = False,
-                   coded: tuple[WeightFormat, jax.Array, jax.Array] | None = None
-                   ) -> jax.Array:
+                   coded: tuple[WeightFormat, Any, Any] | None = None) -> jax.Array:
   """float32 ``[P, N, Mp]`` partial sums of ``W · x_logᵀ``: ``P = split_k``, or ``P = 1``
   when ``config.reduce`` adds the split-K partials in the kernel.
 
@@ -79,13 +79,21 @@ def wgmma_partials(x_log: jax.Array, words: jax.Array, scales: jax.Array, table:
   or with ``slab`` the stored ``[N, K/blocksize]`` (float32, or with ``coded`` the
   stored uint8 codes); ``table``: float32 ``[128]`` (entry ``t % 16`` at ``t``);
   ``coded``: ``(fmt, scale table [257] with the nested offset last, group scales)``;
-  ``config`` already :func:`fit` to the shape.
+  ``config`` already :func:`fit` to the shape. A weight group (sequences of ``words``,
+  ``scales`` and, with ``coded``, of scale tables and group scales, one per weight) runs as one
+  launch: each CTA finds its weight by its row tile, and ``N`` is the group's summed rows.
   """
-  scale_table = group_scales = None
+  single = not isinstance(words, (list, tuple))
+  words_t = (words,) if single else tuple(words)
+  scales_t = (scales,) if single else tuple(scales)
+  scale_tables = group_scales = None
   fmt = None
   if coded is not None:
-    fmt, scale_table, group_scales = coded
-  return _partials(x_log, words, scales, table, scale_table, group_scales, config=config,
+    fmt, scale_tables, group_scales = coded
+    if single:
+      scale_tables, group_scales = (scale_tables,), (group_scales,)
+    scale_tables, group_scales = tuple(scale_tables), tuple(group_scales)
+  return _partials(x_log, words_t, scales_t, table, scale_tables, group_scales, config=config,
                    blocksize=blocksize, slab=slab, coded_fmt=fmt)
 
 
@@ -94,14 +102,16 @@ def wgmma_partials(x_log: jax.Array, words: jax.Array, scales: jax.Array, table:
 # the kernel body and serializing its Mosaic module again (about 0.1-0.25 s and 100 KB of
 # module text per call site; a Llama-8B decode step has 96 of them, docs/benchmarks.md).
 @functools.partial(jax.jit, static_argnames=("config", "blocksize", "slab", "coded_fmt"))
-def _partials(x_log, words, scales, table, scale_table, group_scales, *,
+def _partials(x_log, words, scales, table, scale_tables, group_scales, *,
               config: WgmmaConfig, blocksize: int, slab: bool,
               coded_fmt: WeightFormat | None) -> jax.Array:
-  coded = None if coded_fmt is None else (coded_fmt, scale_table, group_scales)
+  coded = coded_fmt is not None
   mp, k = x_log.shape
-  n = words.shape[0]
+  count = len(words)  # weights in the launch
+  n = sum(w.shape[0] for w in words)
   tile_k, split, sub, steps = config.tile_k, config.split_k, config.sub, config.steps
   tile_n = ROWS * sub
+  starts = np.cumsum([0] + [w.shape[0] // tile_n for w in words]).tolist()  # first row tile
   nblk = tile_k // BLOCK
   k_iters = k // (split * tile_k)
   cols = k // split // blocksize  # slab columns per CTA
@@ -109,30 +119,33 @@ def _partials(x_log, words, scales, table, scale_table, group_scales, *,
   late = slab and config.late_slab
   x_swizzle = plgpu.find_swizzle(tile_k * 16, "rhs")
   if slab:  # one decoder per row tile: each reads its own rows of the slab
-    slab_decode = [decode_lib.weight_decoder(tile_k, x_log.dtype, t * ROWS, blocksize) for t in range(sub)]
+    slab_decode = [decode_lib.weight_decoder(tile_k, x_log.dtype, t * ROWS, blocksize)
+                   for t in range(sub)]
   else:
     decode = decode_lib.weight_decoder(tile_k, x_log.dtype)
   extra: tuple[jax.Array, ...] = ()
-  if coded is not None:
+  decode_slab: list[Any] = [None] * count
+  if coded:
     assert slab, "coded scales are decoded into the slab"
-    fmt, scale_table, group_scales = coded
-    extra = (scale_table, group_scales)
-    decode_slab = decode_lib.scale_slab_decoder(tile_n, cols, scales.shape[1], fmt,
-                                      group_scales.shape[0])
+    extra = tuple(a for pair in zip(scale_tables, group_scales) for a in pair)
+    decode_slab = [decode_lib.scale_slab_decoder(tile_n, cols, s.shape[1], coded_fmt,
+                                                 g.shape[0])
+                   for s, g in zip(scales, group_scales)]
   rows_of = lambda t: pl.ds(t * ROWS, ROWS)
 
-  def body(ni, ks, ins, o_gmem, o_smem, *slab_refs):
+  def body(ni, no, ks, ins, decode_scales, o_gmem, o_smem, *slab_refs):
+    # ni: the CTA's row tile in its weight; no: in the output (the group's rows)
     x_gmem, w_gmem, s_gmem, t_gmem, *extra_refs = ins
     tab = decode_lib.load(t_gmem, plgpu.Layout.WG_STRIDED((128,), vec_size=1))
     s_slab: Any = slab_refs[0] if slab else None
 
     def slab_ready():  # the float32 slab may be read once this returns
-      if coded is None:
+      if not coded:
         plgpu.barrier_wait(slab_refs[1])
       else:  # this CTA's scales, decoded from their byte codes once
-        decode_slab(s_gmem, *extra_refs, s_slab, ni * tile_n, ks * cols)
+        decode_scales(s_gmem, *extra_refs, s_slab, ni * tile_n, ks * cols)
 
-    if slab and coded is None:  # this CTA's [tile_n, cols] of the stored [N, K / blocksize]
+    if slab and not coded:  # this CTA's [tile_n, cols] of the stored [N, K / blocksize]
       plgpu.copy_gmem_to_smem(
           s_gmem.at[pl.ds(ni * tile_n, tile_n), pl.ds(ks * cols, cols)], s_slab, slab_refs[1])
     if slab and not late:
@@ -152,7 +165,8 @@ def _partials(x_log, words, scales, table, scale_table, group_scales, *,
                                                 for b in range(nblk)))
           else:
             a = decode(w, tab, *(decode_lib.load(s_step[0].at[b, rows_of(t)],
-                                       plgpu.Layout.WGMMA.reduce(1)) for b in range(nblk)))
+                                                 plgpu.Layout.WGMMA.reduce(1))
+                                 for b in range(nblk)))
           plgpu.wgmma(accs[t], a, xt)
         plgpu.wgmma_wait(0)
 
@@ -175,22 +189,35 @@ def _partials(x_log, words, scales, table, scale_table, group_scales, *,
       o_smem[rows_of(t)] = acc
     plgpu.commit_smem()
     if reduce:  # add this CTA's partial tile into the zeroed output (in L2, atomically)
-      plgpu.copy_smem_to_gmem(o_smem, o_gmem.at[pl.ds(ni * tile_n, tile_n)],
+      plgpu.copy_smem_to_gmem(o_smem, o_gmem.at[pl.ds(no * tile_n, tile_n)],
                               reduction_op="add")
     else:
-      plgpu.copy_smem_to_gmem(o_smem, o_gmem.at[ks, pl.ds(ni * tile_n, tile_n)])
+      plgpu.copy_smem_to_gmem(o_smem, o_gmem.at[ks, pl.ds(no * tile_n, tile_n)])
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+  def run(ins, o_gmem, *scr):  # the CTA's weight: static row-tile ranges, one branch each
+    x_gmem, t_gmem = ins[0], ins[1 + 2 * count]
+    ni, ks = jax.lax.axis_index("n"), jax.lax.axis_index("k")
+    for g in range(count):
+      own = (ins[1 + g], ins[1 + count + g])
+      weight_ins = (x_gmem, *own, t_gmem, *ins[2 + 2 * count + 2 * g:4 + 2 * count + 2 * g])
+      local = ni - starts[g] if starts[g] else ni
+      go = functools.partial(body, local, ni, ks, weight_ins, decode_slab[g], o_gmem, *scr)
+      if count == 1:
+        go()
+      else:
+        pl.when(jnp.logical_and(ni >= starts[g], ni < starts[g + 1]))(go)
 
   scratch: list[Any] = [plgpu.SMEM((tile_n, mp), jnp.float32)]
   if slab:
     scratch.append(plgpu.SMEM((tile_n, cols), jnp.float32))
-    if coded is None:
+    if not coded:
       scratch.append(plgpu.Barrier(num_arrivals=1))
-  operands = (x_log, words, scales, table, *extra)
+  operands = (x_log, *words, *scales, table, *extra)
   n_in = len(operands)
   if not reduce:
     def kernel(*refs):
-      body(jax.lax.axis_index("n"), jax.lax.axis_index("k"), refs[:n_in], *refs[n_in:])
+      run(refs[:n_in], *refs[n_in:])
 
     call = plgpu.kernel(
         kernel,
@@ -210,8 +237,7 @@ def _partials(x_log, words, scales, table, scale_table, group_scales, *,
 
   def reduce_kernel(*refs):
     ins, o_gmem = refs[:n_in], refs[n_in]
-    pl.run_scoped(lambda *scr: body(jax.lax.axis_index("n"), jax.lax.axis_index("k"), ins,
-                                    o_gmem, *scr), *scratch)
+    pl.run_scoped(lambda *scr: run(ins, o_gmem, *scr), *scratch)
 
   def into_zeros(o_ref):
     pl.kernel(reduce_kernel, out_type=(), mesh=mesh,
@@ -227,35 +253,55 @@ def wgmma_4bit(x: jax.Array, w: PackedWeight, *, fmt: WeightFormat, config: Wgmm
 
 
 def wgmma_4bit_group(x: jax.Array, ws: Sequence[PackedWeight], *, fmt: WeightFormat,
-                     configs: Sequence[WgmmaConfig],
+                     configs: WgmmaConfig | Sequence[WgmmaConfig],
                      biases: Sequence[jax.Array | None]) -> tuple[jax.Array, ...]:
-  """``x @ W_i.T + bias_i`` for weights that share ``x`` (q/k/v, gate/up): one launch per
-  weight, the activations padded and permuted once for all of them."""
+  """``x @ W_i.T + bias_i`` for weights that share ``x`` (q/k/v, gate/up), the activations
+  padded and permuted once for all of them: one launch per weight with a sequence of
+  ``configs``, or one launch for the whole group with a single config (:func:`fit_group`:
+  each CTA finds its weight by its row tile)."""
   m, k = x.shape
   mp = -(-m // 8) * 8  # wgmma's narrow dimension is a multiple of 8
   x_log = permute_activations(jnp.pad(x, ((0, mp - m), (0, 0))) if mp != m else x)
   table = jnp.asarray(np.tile(np.asarray(fmt.lut, np.float32), 8))
+  if isinstance(configs, WgmmaConfig):
+    ns = [w.shape[0] for w in ws]
+    config = small_block_config(fit_group(configs, mp, ns, k), fmt, mp, k)
+    part = _launch(x_log, list(ws), table, fmt, config, mp, k)
+    accs = jnp.split(part.sum(axis=0), np.cumsum(ns)[:-1].tolist(), axis=0)
+  else:
+    accs = []
+    for w, config in zip(ws, configs, strict=True):
+      config = small_block_config(fit(config, mp, w.shape[0], k), fmt, mp, k)
+      accs.append(_launch(x_log, [w], table, fmt, config, mp, k).sum(axis=0))
   outs = []
-  for w, config, bias in zip(ws, configs, biases, strict=True):
-    n = w.shape[0]
-    config = small_block_config(fit(config, mp, n, k), fmt, mp, k)
-    words = jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.int32)
-    if coded_slab_ok(fmt, mp, k, config):  # the kernel decodes the byte codes
-      assert w.scale_table is not None
-      offset, groups = jnp.zeros((1,), jnp.float32), jnp.ones((1,), jnp.float32)
-      if fmt.nested_blocksize:
-        assert w.offset is not None and w.group_scales is not None
-        offset, groups = w.offset[:1], w.group_scales
-      part = wgmma_partials(
-          x_log, words, w.scales, table, config=config, blocksize=fmt.blocksize, slab=True,
-          coded=(fmt, jnp.concatenate([w.scale_table.astype(jnp.float32), offset]), groups))
-    elif config.slab and slab_ok(fmt, mp, k, config):
-      part = wgmma_partials(x_log, words, stored_scales(w, fmt), table, config=config,
-                            blocksize=fmt.blocksize, slab=True)
-    else:
-      part = wgmma_partials(x_log, words, kernel_scales(w, fmt), table, config=config)
-    acc = part.sum(axis=0)[:, :m].T
+  for acc, bias in zip(accs, biases, strict=True):
+    acc = acc[:, :m].T
     if bias is not None:
       acc = acc + bias.astype(jnp.float32)[None, :]
     outs.append(acc.astype(x.dtype))
   return tuple(outs)
+
+
+def _launch(x_log: jax.Array, ws: list[PackedWeight], table: jax.Array, fmt: WeightFormat,
+            config: WgmmaConfig, mp: int, k: int) -> jax.Array:
+  """The partial sums of one launch over ``ws``, with the scale path the config and the
+  format allow: byte codes decoded in the kernel, a float32 slab, or ``[K/64, N]`` scales."""
+  words = [jax.lax.bitcast_convert_type(w.data.reshape(w.shape[0], k // 8, 4), jnp.int32)
+           for w in ws]
+  if coded_slab_ok(fmt, mp, k, config):  # the kernel decodes the byte codes
+    tables, groups = [], []
+    for w in ws:
+      assert w.scale_table is not None
+      offset, group = jnp.zeros((1,), jnp.float32), jnp.ones((1,), jnp.float32)
+      if fmt.nested_blocksize:
+        assert w.offset is not None and w.group_scales is not None
+        offset, group = w.offset[:1], w.group_scales
+      tables.append(jnp.concatenate([w.scale_table.astype(jnp.float32), offset]))
+      groups.append(group)
+    return wgmma_partials(x_log, words, [w.scales for w in ws], table, config=config,
+                          blocksize=fmt.blocksize, slab=True, coded=(fmt, tables, groups))
+  if config.slab and slab_ok(fmt, mp, k, config):
+    return wgmma_partials(x_log, words, [stored_scales(w, fmt) for w in ws], table,
+                          config=config, blocksize=fmt.blocksize, slab=True)
+  return wgmma_partials(x_log, words, [kernel_scales(w, fmt) for w in ws], table,
+                        config=config)

@@ -10,6 +10,7 @@ serves device kinds and machines without it (the dispatch, the CPU tests, the sw
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -165,6 +166,17 @@ def fit(config: WgmmaConfig, m: int, n: int, k: int) -> WgmmaConfig:
   while steps % split:
     split -= 1
   return dataclasses.replace(config, tile_k=tile_k, sub=sub, split_k=split, steps=depth)
+
+
+def fit_group(config: WgmmaConfig, m: int, ns: Sequence[int], k: int) -> WgmmaConfig:
+  """:func:`fit` for one launch over weights of ``ns`` rows that share K: fitted to the
+  summed rows, with ``sub`` row tiles that divide every weight's rows (a CTA's tiles belong
+  to one weight)."""
+  c = fit(config, m, sum(ns), k)
+  sub = c.sub
+  while any((n // ROWS) % sub for n in ns):
+    sub //= 2
+  return c if sub == c.sub else fit(dataclasses.replace(config, sub=sub), m, sum(ns), k)
 
 
 SMEM_LIMIT = 232448 - 2048  # an H100's shared memory per block, less the pipeline's barriers
