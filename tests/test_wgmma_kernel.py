@@ -395,3 +395,18 @@ def test_group_in_one_launch_meets_each_exact_product(rows, k, m, bs, encoding, 
     assert g.shape == (m, w.shape[0]) and g.dtype == jnp.dtype(dtype)
     check_close(g, x, kernel_weight(w, fmt, "mma", "shfl", jnp.dtype(dtype)), jnp.dtype(dtype),
                 False, b)
+
+
+@pytest.mark.parametrize("group_launch,kernels", [(1, 1), (0, 3)])
+def test_dispatch_runs_a_group_in_one_launch_only_where_recorded(monkeypatch, group_launch,
+                                                                 kernels):
+  # The dispatch as on an H100 whose table records the Mosaic limits, lowered for CUDA here.
+  lim = {**lut_api.DEFAULT_LIMITS, "wgmma_max_m": 256, "wgmma_group_launch": group_launch}
+  monkeypatch.setattr(lut_api, "limits", lambda device: lim)
+  monkeypatch.setattr(lut_api.wgmma_lib, "available", lambda: True)
+  ws, fmt = _group((256, 128, 64), 2048, 64, "nested")  # three shapes: three kernels apart
+  x = jax.ShapeDtypeStruct((16, 2048), jnp.bfloat16)
+  f = jax.jit(lambda x, ws: pallas_kernels.matmul_lut_group(
+      x, ws, fmt=fmt, implementation="pallas", interpret=False))
+  text = f.trace(x, ws).lower(lowering_platforms=("cuda",)).as_text()
+  assert text.count("custom_call @mosaic_gpu") == kernels

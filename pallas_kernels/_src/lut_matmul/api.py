@@ -30,8 +30,10 @@ from pallas_kernels._src.matmul_4bit.weight import (PackedWeight, WeightFormat, 
 # The Mosaic kernel also takes M = 1-4 (padded to 8 rows) where "wgmma_min_m" says so: it
 # then replaces the GEMV on the weights it qualifies for. Scale blocks smaller than 64
 # (MXFP4's 32, NVFP4's 16) take it only down to a recorded "wgmma_min_blocksize".
+# A weight group (q/k/v, gate/up) whose summed rows qualify runs as one Mosaic launch where
+# "wgmma_group_launch" is recorded as 1; else one launch per weight, each qualifying alone.
 DEFAULT_LIMITS = {"gemv_max_m": 4, "mma_max_m": 128, "wgmma_max_m": 0, "wgmma_min_weights": 0,
-                  "wgmma_min_m": 5, "wgmma_min_blocksize": 64}
+                  "wgmma_min_m": 5, "wgmma_min_blocksize": 64, "wgmma_group_launch": 0}
 
 # Configs measured on an H100 (tools/sweep_lut_kernels.py, 8192 x 8192) by M bucket.
 _DEFAULT_CONFIGS = {
@@ -239,13 +241,17 @@ def matmul_lut_group(
   if interpret is None:
     interpret = not common.on_gpu()
   device = None if interpret else common.device_kind()
-  if kind is None and config is None and not interpret and all(
-      use_wgmma(m, w.shape[0], k, fmt, x.dtype, device) for w in ws):
+  n_total = sum(w.shape[0] for w in ws)
+  one_launch = (not interpret and bool(limits(device)["wgmma_group_launch"])
+                and use_wgmma(m, n_total, k, fmt, x.dtype, device)
+                and all(wgmma_lib.supports(w.shape[0], k, fmt, x.dtype) for w in ws))
+  per_weight = not interpret and all(use_wgmma(m, w.shape[0], k, fmt, x.dtype, device)
+                                     for w in ws)
+  if kind is None and config is None and (one_launch or per_weight):
     kind = "mma"  # as matmul_lut
   kind = _resolve_kind(kind, m, x.dtype, device)
   if kind == "gemv" and m > MAX_GEMV_ROWS:
     raise ValueError(f"The GEMV kernel handles at most {MAX_GEMV_ROWS} rows of x, got M={m}.")
-  n_total = sum(w.shape[0] for w in ws)
   implementation = common.choose_implementation(
       implementation, can_use_kernel(n_total, k, fmt.blocksize),
       f"The register-table kernels need K divisible by the blocksize: got K={k}, "
@@ -253,8 +259,13 @@ def matmul_lut_group(
   if implementation == "xla":
     return tuple(lut_matmul_reference(x, w, fmt=fmt, kind=kind, bias=b)
                  for w, b in zip(ws, biases))
-  if kind == "mma" and not interpret and config is None and all(
-      use_wgmma(m, w.shape[0], k, fmt, x.dtype, device) for w in ws):
+  if kind == "mma" and config is None and one_launch:
+    # One Mosaic GPU launch for the group, configured for its summed rows (the table's
+    # "wgmma/m16/6144x4096" is q+k+v's), the activations permuted once.
+    return wgmma_lib.wgmma_4bit_group(x, ws, fmt=fmt,
+                                      configs=_wgmma_config(m, n_total, k, device),
+                                      biases=biases)
+  if kind == "mma" and config is None and per_weight:
     # One Mosaic GPU launch per weight (each already fills the GPU with split-K), the
     # activations permuted once for the group.
     return wgmma_lib.wgmma_4bit_group(

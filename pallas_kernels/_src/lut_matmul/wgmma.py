@@ -125,7 +125,7 @@ def _partials(x_log, words, scales, table, scale_tables, group_scales, *,
     decode = decode_lib.weight_decoder(tile_k, x_log.dtype)
   extra: tuple[jax.Array, ...] = ()
   decode_slab: list[Any] = [None] * count
-  if coded:
+  if coded_fmt is not None:
     assert slab, "coded scales are decoded into the slab"
     extra = tuple(a for pair in zip(scale_tables, group_scales) for a in pair)
     decode_slab = [decode_lib.scale_slab_decoder(tile_n, cols, s.shape[1], coded_fmt,
