@@ -6,7 +6,8 @@
 #    one wins ($OUT/matmul_4bit.json, copied into the table for what follows);
 # 4. where a Llama-3.1-8B decode step at batch 16 goes (tools/profile_decode.py; run 6: NF4 +
 #    DQ 1.31x of bf16 while the M = 16 products measured about 2x), then the same step with
-#    q/k/v and gate/up each in one Mosaic launch ("wgmma_group_launch": 1 in the table).
+#    q/k/v and gate/up each in one Mosaic launch ("wgmma_group_launch": 1 in the table, and
+#    "wgmma_min_weights" lowered to q+k+v's 6144 x 4096: run 6 timed that shape at 13.4 us).
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/flax*.whl
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > $OUT/gpu.txt; cat $OUT/gpu.txt; date
@@ -29,6 +30,7 @@ import json
 p = "pallas_kernels/data/matmul_4bit.json"
 t = json.load(open(p))
 t["nvidia_h100_80gb_hbm3"]["lut"]["wgmma_group_launch"] = 1
+t["nvidia_h100_80gb_hbm3"]["lut"]["wgmma_min_weights"] = 6144 * 4096  # q+k+v summed
 json.dump(t, open(p, "w"), indent=1)
 PY
 timeout -s ABRT $(( 588 - SECONDS )) python3 -X faulthandler tools/profile_decode.py --config llama_8b --variants nf4_dq \
