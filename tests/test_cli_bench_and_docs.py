@@ -85,3 +85,21 @@ def test_tuned_configs_are_read_for_their_device_kind():
 def test_docstring_examples_run(module):
   result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
   assert result.attempted > 0 and result.failed == 0
+
+
+def test_bench_products_stay_separate_products():
+  # On the GPU, XLA merges dots that share an operand into one (run 7: bf16 at 272% of the
+  # copy roofline); each timed product must hide from the others that they share a weight.
+  import re
+
+  import jax
+  import jax.numpy as jnp
+
+  from jaxfp4._src import bench_matmul
+  ws = [jnp.ones((64, 32), jnp.bfloat16) for _ in range(2)]
+  xs = [jnp.full((2, 32), i, jnp.bfloat16) for i in range(6)]
+  f = jax.jit(lambda xs, ws: bench_matmul._products(bench_matmul._dot_bf16, xs, ws))
+  text = f.lower(xs, ws).as_text()
+  assert len(re.findall(r"stablehlo.optimization_barrier", text)) == 6
+  got = f(xs, ws)
+  assert [float(g[0, 0]) for g in got] == [32.0 * i for i in range(6)]

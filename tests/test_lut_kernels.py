@@ -173,9 +173,11 @@ def test_dispatch_and_recorded_configs():
   h100 = "nvidia_h100_80gb_hbm3"
   lim = lut_api.limits(h100)
   assert (lim["gemv_max_m"], lim["mma_max_m"]) == (4, 128)
-  # Mosaic on the H100 up to M = 256, from 14336 x 4096 weights up (measured, benchmarks.md:
-  # at M = 256 it took 80.4 us where dequantize + cuBLAS took 139.7)
-  assert (lim["wgmma_max_m"], lim["wgmma_min_weights"]) == (256, 14336 * 4096)
+  # Mosaic on the H100 up to M = 256 (measured, benchmarks.md: at M = 256 it took 80.4 us
+  # where dequantize + cuBLAS took 139.7), from q+k+v's 6144 x 4096 up, a group in one launch,
+  # and blocks of 16 and 32 (run 7)
+  assert (lim["wgmma_max_m"], lim["wgmma_min_weights"]) == (256, 6144 * 4096)
+  assert (lim["wgmma_group_launch"], lim["wgmma_min_blocksize"]) == (1, 16)
   assert lut_api._bucket("wgmma", 129) == "wgmma/m256" != lut_api._bucket("wgmma", 128)
   assert lut_api.limits("unknown_gpu")["wgmma_max_m"] == 0  # Mosaic only where measured
   assert lut_api.limits("unknown_gpu") == lut_api.DEFAULT_LIMITS
@@ -197,9 +199,12 @@ def test_mosaic_dispatch_follows_the_recorded_limits(monkeypatch):
   assert lut_api.use_wgmma(256, 14336, 4096, fmt, bf16, h100)
   assert not lut_api.use_wgmma(257, 14336, 4096, fmt, bf16, h100)  # above wgmma_max_m
   assert not lut_api.use_wgmma(16, 4096, 4096, fmt, bf16, h100)  # below wgmma_min_weights
+  assert lut_api.use_wgmma(16, 6144, 4096, fmt, bf16, h100)  # q+k+v in one launch
   assert not lut_api.use_wgmma(16, 14336, 4096, fmt, jnp.float32, h100)  # 16-bit x only
+  assert lut_api.use_wgmma(16, 8192, 8192, WeightFormat(lut=LUTS["nf4"], blocksize=32),
+                           bf16, h100)  # blocks of 32 (MXFP4) through the slab
   assert not lut_api.use_wgmma(16, 8192, 8192, WeightFormat(lut=LUTS["nf4"], blocksize=32),
-                               bf16, h100)  # whole 64-weight scale blocks only
+                               bf16, "unknown_gpu")
   assert not lut_api.use_wgmma(16, 8192, 8192, fmt, bf16, "unknown_gpu")  # nothing recorded
   lim = lut_api.limits(h100)
   for m in (1, 4, 5):  # below "wgmma_min_m" the GEMV keeps M = 1-4
