@@ -239,6 +239,11 @@ LOWER_CASES = [  # n, k, m, blocksize, encoding, dtype, config
     (256, 4096, 16, 16, "byte", "bfloat16",
      wgmma.WgmmaConfig(coded_slab=True, late_slab=True, reduce=True)),
     (128, 2048, 40, 16, "float", "float16", wgmma.WgmmaConfig(sub=2)),
+    # the output written as [M, N]
+    (256, 4096, 16, 64, "nested", "bfloat16",
+     wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, reduce=True,
+                       transpose_out=True)),
+    (128, 1024, 40, 64, "float", "float16", wgmma.WgmmaConfig(sub=2, transpose_out=True)),
 ]
 
 
@@ -284,6 +289,13 @@ GPU_CASES = [  # n, k, m, blocksize, encoding, dtype, config
     (128, 2048, 64, 16, "float", "float16", wgmma.WgmmaConfig(sub=2)),
     (192, 2048, 8, 32, "nested", "bfloat16", wgmma.WgmmaConfig(coded_slab=True, split_k=4)),
     (128, 8192, 128, 16, "byte", "bfloat16", wgmma.WgmmaConfig(tile_k=256)),
+    # the output written as [M, N]: with and without the add-reduction, several row tiles
+    (256, 4096, 16, 64, "nested", "bfloat16",
+     wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, reduce=True,
+                       transpose_out=True)),
+    (128, 1024, 40, 64, "float", "float16", wgmma.WgmmaConfig(sub=2, transpose_out=True)),
+    (192, 2048, 200, 128, "byte", "bfloat16",
+     wgmma.WgmmaConfig(tile_k=64, split_k=2, transpose_out=True)),
 ]
 
 
@@ -356,6 +368,9 @@ GROUP_CASES = [  # rows of each weight, K, M, blocksize, encoding, dtype, config
     ((128, 256), 1024, 40, 128, "byte", "float16", wgmma.WgmmaConfig(sub=2)),
     ((256, 256), 4096, 8, 32, "byte", "bfloat16",
      wgmma.WgmmaConfig(coded_slab=True, late_slab=True, reduce=True)),
+    ((128, 64, 64), 4096, 16, 64, "nested", "bfloat16",
+     wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, reduce=True,
+                       transpose_out=True)),
 ]
 
 

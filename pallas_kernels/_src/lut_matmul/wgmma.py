@@ -71,8 +71,9 @@ def wgmma_partials(x_log: jax.Array, words: jax.Array | Sequence[jax.Array],
                    scales: jax.Array | Sequence[jax.Array], table: jax.Array,
                    *, config: WgmmaConfig, blocksize: int = BLOCK, slab: bool = False,
                    coded: tuple[WeightFormat, Any, Any] | None = None) -> jax.Array:
-  """float32 ``[P, N, Mp]`` partial sums of ``W · x_logᵀ``: ``P = split_k``, or ``P = 1``
-  when ``config.reduce`` adds the split-K partials in the kernel.
+  """float32 ``[P, N, Mp]`` partial sums of ``W · x_logᵀ`` (``[P, Mp, N]`` with
+  ``config.transpose_out``): ``P = split_k``, or ``P = 1`` when ``config.reduce`` adds the
+  split-K partials in the kernel.
 
   ``x_log``: ``[Mp, K]`` 16-bit activations in the decoder's K order, ``Mp % 8 == 0``;
   ``words``: int32 ``[N, K/8]``; ``scales``: float32 ``[K/64, N]`` (:func:`kernel_scales`),
@@ -117,6 +118,8 @@ def _partials(x_log, words, scales, table, scale_tables, group_scales, *,
   cols = k // split // blocksize  # slab columns per CTA
   reduce = config.reduce and split > 1
   late = slab and config.late_slab
+  out_t = config.transpose_out
+  out_shape = (mp, n) if out_t else (n, mp)
   x_swizzle = plgpu.find_swizzle(tile_k * 16, "rhs")
   if slab:  # one decoder per row tile: each reads its own rows of the slab
     slab_decode = [decode_lib.weight_decoder(tile_k, x_log.dtype, t * ROWS, blocksize)
@@ -186,13 +189,18 @@ def _partials(x_log, words, scales, table, scale_tables, group_scales, *,
 
     accs = pl.run_scoped(accumulate, *(plgpu.ACC((ROWS, mp)) for _ in range(sub)))
     for t, acc in enumerate(accs):
-      o_smem[rows_of(t)] = acc
+      if out_t:  # [mp, tile_n]: the accumulator's transposed layout (a shuffle per pair)
+        o_smem.at[:, rows_of(t)].transpose((1, 0))[...] = plgpu.layout_cast(
+            acc, plgpu.Layout.WGMMA_TRANSPOSED)
+      else:
+        o_smem[rows_of(t)] = acc
     plgpu.commit_smem()
+    out_rows = (slice(None), pl.ds(no * tile_n, tile_n)) if out_t else \
+        (pl.ds(no * tile_n, tile_n),)
     if reduce:  # add this CTA's partial tile into the zeroed output (in L2, atomically)
-      plgpu.copy_smem_to_gmem(o_smem, o_gmem.at[pl.ds(no * tile_n, tile_n)],
-                              reduction_op="add")
+      plgpu.copy_smem_to_gmem(o_smem, o_gmem.at[out_rows], reduction_op="add")
     else:
-      plgpu.copy_smem_to_gmem(o_smem, o_gmem.at[ks, pl.ds(no * tile_n, tile_n)])
+      plgpu.copy_smem_to_gmem(o_smem, o_gmem.at[(ks, *out_rows)])
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
   def run(ins, o_gmem, *scr):  # the CTA's weight: static row-tile ranges, one branch each
@@ -208,7 +216,7 @@ def _partials(x_log, words, scales, table, scale_tables, group_scales, *,
       else:
         pl.when(jnp.logical_and(ni >= starts[g], ni < starts[g + 1]))(go)
 
-  scratch: list[Any] = [plgpu.SMEM((tile_n, mp), jnp.float32)]
+  scratch: list[Any] = [plgpu.SMEM((mp, tile_n) if out_t else (tile_n, mp), jnp.float32)]
   if slab:
     scratch.append(plgpu.SMEM((tile_n, cols), jnp.float32))
     if not coded:
@@ -221,7 +229,7 @@ def _partials(x_log, words, scales, table, scale_tables, group_scales, *,
 
     call = plgpu.kernel(
         kernel,
-        out_type=jax.ShapeDtypeStruct((split, n, mp), jnp.float32),
+        out_type=jax.ShapeDtypeStruct((split, *out_shape), jnp.float32),
         grid=(n // tile_n, split),
         grid_names=("n", "k"),
         scratch_types=scratch,
@@ -243,7 +251,7 @@ def _partials(x_log, words, scales, table, scale_tables, group_scales, *,
     pl.kernel(reduce_kernel, out_type=(), mesh=mesh,
               compiler_params=plgpu.CompilerParams(), name="wgmma_4bit_reduce")(*operands, o_ref)
 
-  return pl.run_state(into_zeros)(jnp.zeros((n, mp), jnp.float32))[None]
+  return pl.run_state(into_zeros)(jnp.zeros(out_shape, jnp.float32))[None]
 
 
 def wgmma_4bit(x: jax.Array, w: PackedWeight, *, fmt: WeightFormat, config: WgmmaConfig,
@@ -266,20 +274,28 @@ def wgmma_4bit_group(x: jax.Array, ws: Sequence[PackedWeight], *, fmt: WeightFor
   if isinstance(configs, WgmmaConfig):
     ns = [w.shape[0] for w in ws]
     config = small_block_config(fit_group(configs, mp, ns, k), fmt, mp, k)
-    part = _launch(x_log, list(ws), table, fmt, config, mp, k)
-    accs = jnp.split(part.sum(axis=0), np.cumsum(ns)[:-1].tolist(), axis=0)
+    part = _launch(x_log, list(ws), table, fmt, config, mp, k).sum(axis=0)
+    accs = [_rows_first(a, m, config) for a in
+            jnp.split(part, np.cumsum(ns)[:-1].tolist(), axis=1 if config.transpose_out else 0)]
   else:
     accs = []
     for w, config in zip(ws, configs, strict=True):
       config = small_block_config(fit(config, mp, w.shape[0], k), fmt, mp, k)
-      accs.append(_launch(x_log, [w], table, fmt, config, mp, k).sum(axis=0))
+      part = _launch(x_log, [w], table, fmt, config, mp, k).sum(axis=0)
+      accs.append(_rows_first(part, m, config))
   outs = []
   for acc, bias in zip(accs, biases, strict=True):
-    acc = acc[:, :m].T
     if bias is not None:
       acc = acc + bias.astype(jnp.float32)[None, :]
     outs.append(acc.astype(x.dtype))
   return tuple(outs)
+
+
+def _rows_first(acc: jax.Array, m: int, config: WgmmaConfig) -> jax.Array:
+  """The summed output's first ``m`` rows of x as ``[m, N]``: as the kernel wrote it with
+  ``transpose_out``, else transposed by XLA (a kernel of its own where it cannot fuse the
+  transpose into what follows)."""
+  return acc[:m] if config.transpose_out else acc[:, :m].T
 
 
 def _launch(x_log: jax.Array, ws: list[PackedWeight], table: jax.Array, fmt: WeightFormat,

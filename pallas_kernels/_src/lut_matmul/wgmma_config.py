@@ -52,6 +52,10 @@ class WgmmaConfig:
       with a TMA add-reduction (``cp.reduce.async.bulk``, done in L2) instead of writing
       ``split_k`` partial tiles that XLA sums afterwards (a write and a read of
       ``split_k * N * M`` floats, and a launch).
+    transpose_out: the kernel writes its output as ``[M, N]`` (the accumulator cast to
+      Mosaic's transposed WGMMA layout, stored through a transposed shared-memory view)
+      instead of ``[N, M]``, which XLA then transposes, often as a kernel of its own (run 7
+      profiled 64 such transposes in a Llama-8B decode step at batch 16).
   """
 
   tile_k: int = 128
@@ -62,6 +66,7 @@ class WgmmaConfig:
   coded_slab: bool = False
   late_slab: bool = False
   reduce: bool = False
+  transpose_out: bool = False
 
   def __post_init__(self):
     if self.tile_k not in (64, 128, 256):
@@ -76,7 +81,7 @@ class WgmmaConfig:
     return (f"wgmma,k{self.tile_k},s{self.split_k},r{self.sub},p{self.steps}"
             + (",slab" if self.slab else "") + (",coded" if self.coded_slab else "")
             + (",late" if self.late_slab else "")
-            + (",red" if self.reduce else ""))
+            + (",red" if self.reduce else "") + (",outT" if self.transpose_out else ""))
 
 
 def supports(n: int, k: int, fmt: WeightFormat, dtype) -> bool:
