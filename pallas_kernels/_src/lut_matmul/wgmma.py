@@ -274,14 +274,14 @@ def wgmma_4bit_group(x: jax.Array, ws: Sequence[PackedWeight], *, fmt: WeightFor
   if isinstance(configs, WgmmaConfig):
     ns = [w.shape[0] for w in ws]
     config = small_block_config(fit_group(configs, mp, ns, k), fmt, mp, k)
-    part = _launch(x_log, list(ws), table, fmt, config, mp, k).sum(axis=0)
+    part = _scaled_partials(x_log, list(ws), table, fmt, config, mp, k).sum(axis=0)
     accs = [_rows_first(a, m, config) for a in
             jnp.split(part, np.cumsum(ns)[:-1].tolist(), axis=1 if config.transpose_out else 0)]
   else:
     accs = []
     for w, config in zip(ws, configs, strict=True):
       config = small_block_config(fit(config, mp, w.shape[0], k), fmt, mp, k)
-      part = _launch(x_log, [w], table, fmt, config, mp, k).sum(axis=0)
+      part = _scaled_partials(x_log, [w], table, fmt, config, mp, k).sum(axis=0)
       accs.append(_rows_first(part, m, config))
   outs = []
   for acc, bias in zip(accs, biases, strict=True):
@@ -298,10 +298,11 @@ def _rows_first(acc: jax.Array, m: int, config: WgmmaConfig) -> jax.Array:
   return acc[:m] if config.transpose_out else acc[:, :m].T
 
 
-def _launch(x_log: jax.Array, ws: list[PackedWeight], table: jax.Array, fmt: WeightFormat,
-            config: WgmmaConfig, mp: int, k: int) -> jax.Array:
-  """The partial sums of one launch over ``ws``, with the scale path the config and the
-  format allow: byte codes decoded in the kernel, a float32 slab, or ``[K/64, N]`` scales."""
+def _scaled_partials(x_log: jax.Array, ws: list[PackedWeight], table: jax.Array,
+                     fmt: WeightFormat, config: WgmmaConfig, mp: int, k: int) -> jax.Array:
+  """The partial sums of one launch (:func:`_partials`) over ``ws``, with the scale path the
+  config and the format allow: byte codes decoded in the kernel, a float32 slab, or
+  ``[K/64, N]`` scales."""
   words = [jax.lax.bitcast_convert_type(w.data.reshape(w.shape[0], k // 8, 4), jnp.int32)
            for w in ws]
   if coded_slab_ok(fmt, mp, k, config):  # the kernel decodes the byte codes
