@@ -425,3 +425,15 @@ def test_dispatch_runs_a_group_in_one_launch_only_where_recorded(monkeypatch, gr
       x, ws, fmt=fmt, implementation="pallas", interpret=False))
   text = f.trace(x, ws).lower(lowering_platforms=("cuda",)).as_text()
   assert text.count("custom_call @mosaic_gpu") == kernels
+
+
+def test_in_kernel_scale_decode_takes_the_offset_as_is():
+  # The nested offset reaches the kernel as its own operand: no XLA concatenation per
+  # product (run 7's decode profile found one per Mosaic weight, a kernel each).
+  w, fmt = make_weight(256, 4096, 64, "nested", seed=4)
+  cfg = wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, reduce=True)
+  assert wgmma.coded_slab_ok(fmt, 16, 4096, wgmma.fit(cfg, 16, 256, 4096))
+  x = jax.ShapeDtypeStruct((16, 4096), jnp.bfloat16)
+  f = jax.jit(lambda x, w: wgmma.wgmma_4bit(x, w, fmt=fmt, config=cfg))
+  text = f.trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
+  assert "custom_call @mosaic_gpu" in text and "concatenate" not in text

@@ -70,7 +70,7 @@ def available() -> bool:
 def wgmma_partials(x_log: jax.Array, words: jax.Array | Sequence[jax.Array],
                    scales: jax.Array | Sequence[jax.Array], table: jax.Array,
                    *, config: WgmmaConfig, blocksize: int = BLOCK, slab: bool = False,
-                   coded: tuple[WeightFormat, Any, Any] | None = None) -> jax.Array:
+                   coded: tuple[WeightFormat, Any, Any, Any] | None = None) -> jax.Array:
   """float32 ``[P, N, Mp]`` partial sums of ``W · x_logᵀ`` (``[P, Mp, N]`` with
   ``config.transpose_out``): ``P = split_k``, or ``P = 1`` when ``config.reduce`` adds the
   split-K partials in the kernel.
@@ -79,22 +79,20 @@ def wgmma_partials(x_log: jax.Array, words: jax.Array | Sequence[jax.Array],
   ``words``: int32 ``[N, K/8]``; ``scales``: float32 ``[K/64, N]`` (:func:`kernel_scales`),
   or with ``slab`` the stored ``[N, K/blocksize]`` (float32, or with ``coded`` the
   stored uint8 codes); ``table``: float32 ``[128]`` (entry ``t % 16`` at ``t``);
-  ``coded``: ``(fmt, scale table [257] with the nested offset last, group scales)``;
+  ``coded``: ``(fmt, scale table [256], group scales, offset [1])``;
   ``config`` already :func:`fit` to the shape. A weight group (sequences of ``words``,
-  ``scales`` and, with ``coded``, of scale tables and group scales, one per weight) runs as one
+  ``scales`` and, with ``coded``, of scale tables, group scales and offsets) runs as one
   launch: each CTA finds its weight by its row tile, and ``N`` is the group's summed rows.
   """
   single = not isinstance(words, (list, tuple))
   words_t = (words,) if single else tuple(words)
   scales_t = (scales,) if single else tuple(scales)
-  scale_tables = group_scales = None
+  coded_arrays = None
   fmt = None
   if coded is not None:
-    fmt, scale_tables, group_scales = coded
-    if single:
-      scale_tables, group_scales = (scale_tables,), (group_scales,)
-    scale_tables, group_scales = tuple(scale_tables), tuple(group_scales)
-  return _partials(x_log, words_t, scales_t, table, scale_tables, group_scales, config=config,
+    fmt, *arrays = coded
+    coded_arrays = tuple((a,) if single else tuple(a) for a in arrays)
+  return _partials(x_log, words_t, scales_t, table, coded_arrays, config=config,
                    blocksize=blocksize, slab=slab, coded_fmt=fmt)
 
 
@@ -103,7 +101,7 @@ def wgmma_partials(x_log: jax.Array, words: jax.Array | Sequence[jax.Array],
 # the kernel body and serializing its Mosaic module again (about 0.1-0.25 s and 100 KB of
 # module text per call site; a Llama-8B decode step has 96 of them, docs/benchmarks.md).
 @functools.partial(jax.jit, static_argnames=("config", "blocksize", "slab", "coded_fmt"))
-def _partials(x_log, words, scales, table, scale_tables, group_scales, *,
+def _partials(x_log, words, scales, table, coded_arrays, *,
               config: WgmmaConfig, blocksize: int, slab: bool,
               coded_fmt: WeightFormat | None) -> jax.Array:
   coded = coded_fmt is not None
@@ -130,7 +128,9 @@ def _partials(x_log, words, scales, table, scale_tables, group_scales, *,
   decode_slab: list[Any] = [None] * count
   if coded_fmt is not None:
     assert slab, "coded scales are decoded into the slab"
-    extra = tuple(a for pair in zip(scale_tables, group_scales) for a in pair)
+    scale_tables, group_scales, offsets = coded_arrays
+    extra = tuple(a for per_weight in zip(scale_tables, group_scales, offsets)
+                  for a in per_weight)
     decode_slab = [decode_lib.scale_slab_decoder(tile_n, cols, s.shape[1], coded_fmt,
                                                  g.shape[0])
                    for s, g in zip(scales, group_scales)]
@@ -208,7 +208,7 @@ def _partials(x_log, words, scales, table, scale_tables, group_scales, *,
     ni, ks = jax.lax.axis_index("n"), jax.lax.axis_index("k")
     for g in range(count):
       own = (ins[1 + g], ins[1 + count + g])
-      weight_ins = (x_gmem, *own, t_gmem, *ins[2 + 2 * count + 2 * g:4 + 2 * count + 2 * g])
+      weight_ins = (x_gmem, *own, t_gmem, *ins[2 + 2 * count + 3 * g:5 + 2 * count + 3 * g])
       local = ni - starts[g] if starts[g] else ni
       go = functools.partial(body, local, ni, ks, weight_ins, decode_slab[g], o_gmem, *scr)
       if count == 1:
@@ -306,17 +306,21 @@ def _scaled_partials(x_log: jax.Array, ws: list[PackedWeight], table: jax.Array,
   words = [jax.lax.bitcast_convert_type(w.data.reshape(w.shape[0], k // 8, 4), jnp.int32)
            for w in ws]
   if coded_slab_ok(fmt, mp, k, config):  # the kernel decodes the byte codes
-    tables, groups = [], []
+    tables, groups, offsets = [], [], []
     for w in ws:
       assert w.scale_table is not None
+      # Each its own operand: appending the offset to the table was an XLA kernel per
+      # product (run 7's decode profile).
       offset, group = jnp.zeros((1,), jnp.float32), jnp.ones((1,), jnp.float32)
       if fmt.nested_blocksize:
         assert w.offset is not None and w.group_scales is not None
-        offset, group = w.offset[:1], w.group_scales
-      tables.append(jnp.concatenate([w.scale_table.astype(jnp.float32), offset]))
+        offset, group = w.offset[:1].astype(jnp.float32), w.group_scales
+      tables.append(w.scale_table.astype(jnp.float32))
       groups.append(group)
+      offsets.append(offset)
     return wgmma_partials(x_log, words, [w.scales for w in ws], table, config=config,
-                          blocksize=fmt.blocksize, slab=True, coded=(fmt, tables, groups))
+                          blocksize=fmt.blocksize, slab=True,
+                          coded=(fmt, tables, groups, offsets))
   if config.slab and slab_ok(fmt, mp, k, config):
     return wgmma_partials(x_log, words, [stored_scales(w, fmt) for w in ws], table,
                           config=config, blocksize=fmt.blocksize, slab=True)

@@ -124,27 +124,27 @@ def _mul_rn(a, b):
 
 
 def scale_slab_decoder(tile_n: int, cols: int, nkb: int, fmt: WeightFormat, n_groups: int):
-  """``decode(codes, table, groups, slab, row0, col0)``: the CTA's float32 scale slab
+  """``decode(codes, table, groups, offset, slab, row0, col0)``: the CTA's float32 scale slab
   ``[tile_n, cols]`` from the stored byte codes ``[N, K/blocksize]`` (global memory), as
   :func:`stored_scales` computes it: ``table[code]``, times the group scale of its block
-  (``block // nested_blocksize``, flat over ``[N, K/blocksize]``) plus the offset
-  (``table[256]``) when nested, times the multiplier. 128 threads share the work, then
+  (``block // nested_blocksize``, flat over ``[N, K/blocksize]``) plus ``offset[0]`` when
+  nested, times the multiplier. 128 threads share the work, then
   meet at a barrier before the pipeline reads the slab."""
   per_thread = tile_n * cols // 128
   nested = bool(fmt.nested_blocksize)
 
   @plgpu.inline_mgpu(
       arg_types=(plgpu.RefType(), plgpu.RefType(), plgpu.RefType(), plgpu.RefType(),
-                 plgpu.Layout.WG_SPLAT(()), plgpu.Layout.WG_SPLAT(())),
+                 plgpu.RefType(), plgpu.Layout.WG_SPLAT(()), plgpu.Layout.WG_SPLAT(())),
   )
-  def decode(ctx, codes, table, groups, slab, row0, col0):
+  def decode(ctx, codes, table, groups, offset_ref, slab, row0, col0):
     del ctx
     i32, index = ir.IntegerType.get_signless(32), ir.IndexType.get()
     c = lambda v: mgpu_utils.c(v, i32)
     ix = lambda v: arith.index_cast(index, v)
     r0, c0 = row0.registers.flat[0], col0.registers.flat[0]
     tid = arith.remui(mgpu_utils.thread_idx(), c(128))
-    offset = memref.load(table, [ix(c(256))]) if nested else None
+    offset = memref.load(offset_ref, [ix(c(0))]) if nested else None
 
     @mgpu_utils.fori(c(per_thread), None)
     def _(e, carry):
