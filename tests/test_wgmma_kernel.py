@@ -437,3 +437,14 @@ def test_in_kernel_scale_decode_takes_the_offset_as_is():
   f = jax.jit(lambda x, w: wgmma.wgmma_4bit(x, w, fmt=fmt, config=cfg))
   text = f.trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
   assert "custom_call @mosaic_gpu" in text and "concatenate" not in text
+
+
+def test_activation_permutation_is_a_reversal_and_a_transpose():
+  x = jnp.arange(2 * 192, dtype=jnp.float32).reshape(2, 192)
+  got = np.asarray(wgmma_layout.permute_activations(x))
+  want = np.empty((2, 192), np.float32)
+  for blk in range(3):
+    want[:, 64 * blk + wgmma_layout.PERMUTATION] = np.asarray(x)[:, 64 * blk:64 * blk + 64]
+  np.testing.assert_array_equal(got, want)
+  text = jax.jit(wgmma_layout.permute_activations).lower(x).as_text()
+  assert "gather" not in text

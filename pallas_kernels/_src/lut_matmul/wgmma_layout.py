@@ -22,14 +22,18 @@ PERMUTATION = np.array([
     3, 2, 11, 10, 19, 18, 27, 26, 35, 34, 43, 42, 51, 50, 59, 58,
     5, 4, 13, 12, 21, 20, 29, 28, 37, 36, 45, 44, 53, 52, 61, 60,
     7, 6, 15, 14, 23, 22, 31, 30, 39, 38, 47, 46, 55, 54, 63, 62])
-_GATHER = np.argsort(PERMUTATION)  # x_logical[..., j] = x[..., _GATHER[j]]
 
 
 def permute_activations(x: jax.Array) -> jax.Array:
-  """``x[..., K]`` in the decoder's K order (``x_out[..., PERMUTATION[k]] = x[..., k]``)."""
+  """``x[..., K]`` in the decoder's K order (``x_out[..., PERMUTATION[k]] = x[..., k]``).
+
+  :data:`PERMUTATION` sends real index ``16 a + 2 b + c`` of a block to ``8 b + 2 a + 1 - c``
+  (a < 4, b < 8, c < 2): a reversal and a transpose of the block viewed as ``[4, 8, 2]``,
+  which XLA can fuse with the op that produces ``x`` (a gather was a kernel of its own in
+  run 7's decode profile, one per Mosaic launch)."""
   *lead, k = x.shape
-  blocks = x.reshape(*lead, k // BLOCK, BLOCK)
-  return jnp.take(blocks, jnp.asarray(_GATHER, jnp.int32), axis=-1).reshape(*lead, k)
+  blocks = x.reshape(*lead, k // BLOCK, 4, 8, 2)[..., ::-1]
+  return jnp.swapaxes(blocks, -3, -2).reshape(*lead, k)
 
 
 def register_positions(layout, shape: tuple[int, ...]) -> dict:
