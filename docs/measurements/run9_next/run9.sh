@@ -8,15 +8,16 @@ export PYTHONPATH=/tmp/site:$PWD
 D=docs/measurements/run9_next; T=pallas_kernels/data/matmul_4bit.json
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | tee $OUT/gpu.txt; date
 python3 $D/tables.py $OUT
-left() { echo $(( 585 - SECONDS )); }
+L=${LIMIT:-585}  # seconds this call may run
+left() { echo $(( L - SECONDS )); }
 decode() {  # table variant batches
   [ $(left) -lt 50 ] && return
   cp $OUT/$1.json $T
-  timeout -s ABRT $(( $(left) > 110 ? 110 : $(left) )) python3 tools/bench_llama.py \
+  timeout -s ABRT $(( $(left) > 100 ? 100 : $(left) )) python3 tools/bench_llama.py \
     --config llama_8b --variants $2 --routes default --skip-qlora --batches $3 --new 64 \
     --repeats 3 2>&1 | grep -E "decode|^#" | sed "s/^/$1 $2: /" | tee -a $OUT/decode.txt
 }
-decode t0 nf4_dq 16; decode t2 nf4_dq 16; decode t1 nf4_dq 16; decode t0 bf16 16
+decode t1 nf4_dq 16; decode t2 nf4_dq 16; decode t0 nf4_dq 16; decode t0 bf16 16
 date
 S='"slab": true, "late_slab": true, "reduce": true'
 cp $OUT/t0.json $T
