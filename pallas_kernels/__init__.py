@@ -17,6 +17,8 @@ from pallas_kernels._src.lut_matmul.config import LutConfig as LutConfig
 from pallas_kernels._src.lut_matmul.gemv import (
     gemv_4bit_group_triton as gemv_4bit_group_triton)
 from pallas_kernels._src.lut_matmul.gemv import gemv_4bit_triton as gemv_4bit_triton
+from pallas_kernels._src.lut_matmul.gemv_t import gemv_t_4bit_triton as gemv_t_4bit_triton
+from pallas_kernels._src.lut_matmul.gemv_t import gemv_t_reference as gemv_t_reference
 from pallas_kernels._src.lut_matmul.mma import mma_4bit_group_triton as mma_4bit_group_triton
 from pallas_kernels._src.lut_matmul.mma import mma_4bit_triton as mma_4bit_triton
 from pallas_kernels._src.lut_matmul.reference import (
@@ -51,6 +53,8 @@ __all__ = (
     "canonical_nan",
     "gemv_4bit_group_triton",
     "gemv_4bit_triton",
+    "gemv_t_4bit_triton",
+    "gemv_t_reference",
     "LutConfig",
     "lut_matmul_reference",
     "matmul_lut",

@@ -79,8 +79,9 @@ def fused_ok(state: QuantState, dtype) -> bool:
 
 
 def route(m: int, state: QuantState, dtype, implementation, transpose: bool) -> str:
-  """``"gemv"``/``"mma"`` (register-table kernels), ``"fused"`` (tile-decode
-  kernel), ``"dequantize"`` (kernel decode + XLA dot) or ``"xla"``."""
+  """``"gemv"``/``"mma"`` (register-table kernels), ``"gemv_t"`` (the transposed GEMV, input
+  gradient of a few rows), ``"fused"`` (tile-decode kernel), ``"dequantize"`` (kernel decode
+  + XLA dot) or ``"xla"``."""
   if implementation == "xla":
     return "xla"
   usable = fused_ok(state, dtype)
@@ -100,13 +101,15 @@ def route(m: int, state: QuantState, dtype, implementation, transpose: bool) -> 
   if not kernel_common.on_gpu():
     return "xla"
   device = kernel_common.device_kind()
+  n, k = state.shape
   if usable and not transpose:
     kind = lut_api.choose_kind(m, dtype, device)
-    n, k = state.shape
     if lut_api.use_wgmma(m, n, k, kernel_format(state), dtype, device):
       kind = "mma"  # the Mosaic kernel: its own M range ("wgmma_min_m" to "wgmma_max_m")
     if kind:
       return kind
+  if transpose and lut_api.use_gemv_t(m, n, k, state.blocksize, device):
+    return "gemv_t"
   if usable and matmul_config.prefer_fused(m, transpose, device):
     return "fused"
   return "dequantize"
@@ -127,6 +130,12 @@ def product(x, data, state, bias, implementation, transpose: bool):
     w, fmt = kernel_weight(data, state)
     return pallas_kernels.matmul_lut(x, w, fmt=fmt, bias=bias, kind=route_,
                                      implementation="pallas")
+  if route_ == "gemv_t":
+    w, fmt = kernel_weight(data, state)
+    n, k = state.shape
+    return pallas_kernels.gemv_t_4bit_triton(
+        x, w, fmt=fmt, config=lut_api.gemv_t_config(x.shape[0], n, k,
+                                                    kernel_common.device_kind()))
   if route_ == "fused":
     w, fmt = kernel_weight(data, state)
     return pallas_kernels.matmul_packed(x, w, fmt=fmt, transpose=transpose, bias=bias,

@@ -32,8 +32,11 @@ from pallas_kernels._src.matmul_4bit.weight import (PackedWeight, WeightFormat, 
 # (MXFP4's 32, NVFP4's 16) take it only down to a recorded "wgmma_min_blocksize".
 # A weight group (q/k/v, gate/up) whose summed rows qualify runs as one Mosaic launch where
 # "wgmma_group_launch" is recorded as 1; else one launch per weight, each qualifying alone.
+# The input gradient dy @ W runs the transposed GEMV (gemv_t.py) up to "gemv_t_max_m" rows of
+# dy: 0 (never) until it is measured on the device kind.
 DEFAULT_LIMITS = {"gemv_max_m": 4, "mma_max_m": 128, "wgmma_max_m": 0, "wgmma_min_weights": 0,
-                  "wgmma_min_m": 5, "wgmma_min_blocksize": 64, "wgmma_group_launch": 0}
+                  "wgmma_min_m": 5, "wgmma_min_blocksize": 64, "wgmma_group_launch": 0,
+                  "gemv_t_max_m": 0}
 
 # Configs measured on an H100 (tools/sweep_lut_kernels.py, 8192 x 8192) by M bucket.
 _DEFAULT_CONFIGS = {
@@ -83,6 +86,22 @@ def choose_kind(m: int, dtype, device_kind: str | None = None) -> str | None:
   if m <= lim["mma_max_m"] and jnp.dtype(dtype).name in lut_decode.TABLE_DTYPES:
     return "mma"
   return None
+
+
+def use_gemv_t(m: int, n: int, k: int, blocksize: int, device_kind: str | None) -> bool:
+  """The input gradient of ``m`` rows runs the transposed GEMV (``"gemv_t_max_m"``)."""
+  lim = limits(device_kind)
+  return can_use_kernel(n, k, blocksize) and m <= min(lim["gemv_t_max_m"], MAX_GEMV_ROWS)
+
+
+def gemv_t_config(m: int, n: int, k: int, device_kind: str | None = None) -> LutConfig:
+  """Recorded transposed-GEMV config (``"lut/gemv_t/<bucket>[/<N>x<K>]"``), else 16 rows per
+  step up to 2 rows of dy and 8 above (the accumulators are 8 tiles per row of dy)."""
+  bucket = _bucket("gemv", m).replace("gemv", "gemv_t")
+  entry = tuning.tuned_entry("matmul_4bit", device_kind, f"lut/{bucket}/{n}x{k}") or \
+      tuning.tuned_entry("matmul_4bit", device_kind, f"lut/{bucket}")
+  return LutConfig(**entry) if entry else LutConfig(kind="gemv", block_n=16 if m <= 2 else 8,
+                                                    chunks=4)
 
 
 def _bucket(kind: str, m: int) -> str:
