@@ -9,6 +9,7 @@ spills, and the instruction mix of each loop body.
 
   python tools/offline_sass.py gemv --m 1 --config block_n=16,chunks=16,num_warps=4
   python tools/offline_sass.py mma --shape 8192x8192 --m 16 --config block_n=64,chunks=2,split_k=4
+  python tools/offline_sass.py gemv_t --m 4 --config block_n=8,chunks=4,prefetch=2
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def loop_bodies(sass: str):
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("kind", choices=("gemv", "mma"))
+  p.add_argument("kind", choices=("gemv", "mma", "gemv_t"),
+                 help="gemv_t: the transposed GEMV dy @ W (--m rows of dy)")
   p.add_argument("--shape", default="8192x8192", help="N x K")
   p.add_argument("--m", type=int, default=1)
   p.add_argument("--blocksize", type=int, default=64)
@@ -103,15 +105,23 @@ def main(argv=None) -> int:
   from pallas_kernels._src.lut_matmul.gemv import gemv_4bit_group_triton, gemv_4bit_triton
   from pallas_kernels._src.lut_matmul.mma import mma_4bit_group_triton, mma_4bit_triton
 
+  from pallas_kernels._src.lut_matmul import gemv_t
+
   n, k = (int(v) for v in args.shape.split("x"))
   bs = args.blocksize
   kw = {key: (val if key == "decode" else int(val))
         for key, val in (item.split("=") for item in args.config.split(",") if item)}
-  cfg = fit(LutConfig(kind=args.kind, **kw), args.m, n, k // min(bs, 64))
   fmt = WeightFormat(lut=tuple(formats.NF4_CODE.tolist()), blocksize=bs)
-  x = jax.ShapeDtypeStruct((args.m, k), jnp.bfloat16)
   w = PackedWeight(jax.ShapeDtypeStruct((n, k // bs, bs // 2), jnp.uint8),
                    jax.ShapeDtypeStruct((n, k // bs), jnp.float32))
+  if args.kind == "gemv_t":
+    cfg = gemv_t.fit_config(LutConfig(kind="gemv", **kw), n, k, fmt)
+    dy = jax.ShapeDtypeStruct((args.m, n), jnp.bfloat16)
+    fn = lambda dy, w: gemv_t.gemv_t_4bit_triton(dy, w, fmt=fmt, config=cfg)
+    _report(capture_triton_ir(fn, dy, w), cfg)
+    return 0
+  cfg = fit(LutConfig(kind=args.kind, **kw), args.m, n, k // min(bs, 64))
+  x = jax.ShapeDtypeStruct((args.m, k), jnp.bfloat16)
   kernel = gemv_4bit_triton if args.kind == "gemv" else mma_4bit_triton
   if args.group:
     ns = [int(v) for v in args.group.split(",")]
@@ -119,13 +129,17 @@ def main(argv=None) -> int:
     w = [PackedWeight(jax.ShapeDtypeStruct((gn, k // bs, bs // 2), jnp.uint8),
                       jax.ShapeDtypeStruct((gn, k // bs), jnp.float32)) for gn in ns]
     kernel = gemv_4bit_group_triton if args.kind == "gemv" else mma_4bit_group_triton
-  for ttir, grid in capture_triton_ir(lambda x, w: kernel(x, w, fmt=fmt, config=cfg), x, w):
+  _report(capture_triton_ir(lambda x, w: kernel(x, w, fmt=fmt, config=cfg), x, w), cfg)
+  return 0
+
+
+def _report(captured, cfg) -> None:
+  for ttir, grid in captured:
     sass, usage = compile_sass(ttir, cfg.num_warps, cfg.num_stages)
     print(cfg.name(), "grid", grid)
     print(" ".join(line.strip() for line in usage.splitlines() if "REG" in line))
     for count, ops in loop_bodies(sass):
       print(f"loop body: {count} instructions", dict(ops.most_common(20)))
-  return 0
 
 
 if __name__ == "__main__":
