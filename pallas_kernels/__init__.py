@@ -21,6 +21,7 @@ from pallas_kernels._src.lut_matmul.gemv_t import gemv_t_4bit_triton as gemv_t_4
 from pallas_kernels._src.lut_matmul.gemv_t import gemv_t_reference as gemv_t_reference
 from pallas_kernels._src.lut_matmul.mma import mma_4bit_group_triton as mma_4bit_group_triton
 from pallas_kernels._src.lut_matmul.mma import mma_4bit_triton as mma_4bit_triton
+from pallas_kernels._src.lut_matmul.mma_t import mma_t_4bit_triton as mma_t_4bit_triton
 from pallas_kernels._src.lut_matmul.reference import (
     lut_matmul_reference as lut_matmul_reference)
 from pallas_kernels._src.lut_matmul.wgmma import WgmmaConfig as WgmmaConfig
@@ -61,6 +62,7 @@ __all__ = (
     "matmul_lut_group",
     "mma_4bit_group_triton",
     "mma_4bit_triton",
+    "mma_t_4bit_triton",
     "WgmmaConfig",
     "wgmma_4bit",
     "DequantizeConfig",

@@ -285,6 +285,33 @@ def test_transposed_gemv_and_reference_meet_the_exact_product(n, k, m, bs, encod
   check_close(got, dy, wk, dtype, True)
 
 
+MMA_T_CASES = [  # n, k, m, blocksize, encoding, dtype, config (None: the default)
+    (64, 256, 16, 64, "float", "bfloat16", None),
+    (40, 512, 19, 128, "nested", "float16", LutConfig(kind="mma", block_n=16, chunks=2,
+                                                      groups=2, prefetch=2)),
+    (50, 256, 33, 32, "byte", "bfloat16", LutConfig(kind="mma", block_m=16, block_n=16,
+                                                    chunks=4, prefetch=False)),
+    (24, 256, 5, 16, "float*", "float16", LutConfig(kind="mma", block_n=16, chunks=4)),
+]
+
+
+@pytest.mark.parametrize("n,k,m,bs,encoding,dtype,config", MMA_T_CASES,
+                         ids=[f"{c[4]}-bs{c[3]}-m{c[2]}" for c in MMA_T_CASES])
+def test_transposed_tensor_core_kernel_meets_the_exact_product(n, k, m, bs, encoding, dtype,
+                                                               config):
+  """``dy @ W`` with the weight rounded once to ``dy``'s type (the tensor-core contract):
+  rows of W past a whole step, rows of dy past a whole tile (19, 33, 5), repeated tiles of
+  the last split, every scale encoding."""
+  w, fmt = make_weight(n, k, bs, encoding, seed=n + k + m)
+  dy = jnp.asarray(np.random.default_rng(m).standard_normal((m, n)), jnp.dtype(dtype))
+  wk = kernel_weight(w, fmt, "mma", "shfl", jnp.dtype(dtype))
+  check_close(pallas_kernels.matmul_4bit_reference(dy, w, fmt=fmt, transpose=True), dy, wk,
+              dtype, True)
+  got = pallas_kernels.mma_t_4bit_triton(dy, w, fmt=fmt, config=config, interpret=INTERPRET)
+  assert got.dtype == jnp.dtype(dtype) and got.shape == (m, k)
+  check_close(got, dy, wk, dtype, True)
+
+
 def test_transposed_gemv_bad_input_and_dispatch(monkeypatch):
   w, fmt = make_weight(16, 128, 64, "float", seed=1)
   with pytest.raises(ValueError, match="at most 8 rows of `dy`"):
@@ -294,50 +321,67 @@ def test_transposed_gemv_bad_input_and_dispatch(monkeypatch):
   with pytest.raises(ValueError, match="must be 'shfl'"):
     pallas_kernels.gemv_t_4bit_triton(jnp.ones((1, 16)), w, fmt=fmt, interpret=True,
                                       config=LutConfig(decode="prmt"))
-  # Off unless the device kind records "gemv_t_max_m"; then up to that many rows of dy.
-  assert not lut_api.use_gemv_t(1, 16, 128, 64, None)
+  # Off unless the device kind records "gemv_t_max_m" / "mma_t_max_m"; then up to that many
+  # rows of dy, the tensor-core kernel for 16-bit dy only.
+  bf16 = jnp.bfloat16
+  assert lut_api.transposed_kind(1, 16, 128, 64, bf16, None) is None
   monkeypatch.setitem(lut_api.DEFAULT_LIMITS, "gemv_t_max_m", 4)
-  assert lut_api.use_gemv_t(4, 16, 128, 64, None)
-  assert not lut_api.use_gemv_t(5, 16, 128, 64, None)
-  assert not lut_api.use_gemv_t(1, 16, 100, 64, None)  # K not whole blocks
+  monkeypatch.setitem(lut_api.DEFAULT_LIMITS, "mma_t_max_m", 64)
+  assert lut_api.transposed_kind(4, 16, 128, 64, bf16, None) == "gemv_t"
+  assert lut_api.transposed_kind(5, 16, 128, 64, bf16, None) == "mma_t"
+  assert lut_api.transposed_kind(64, 16, 128, 64, jnp.float16, None) == "mma_t"
+  assert lut_api.transposed_kind(5, 16, 128, 64, jnp.float32, None) is None
+  assert lut_api.transposed_kind(65, 16, 128, 64, bf16, None) is None
+  assert lut_api.transposed_kind(1, 16, 100, 64, bf16, None) is None  # K not whole blocks
   assert lut_api.gemv_t_config(1, 16, 128).block_n == 16
   assert lut_api.gemv_t_config(4, 16, 128).block_n == 8
+  assert lut_api.mma_t_config(16, 16, 128).block_m == 64
+  with pytest.raises(ValueError, match="bfloat16 or float16 `dy`"):
+    pallas_kernels.mma_t_4bit_triton(jnp.ones((16, 16)), w, fmt=fmt, interpret=True)
 
 
+@pytest.mark.parametrize("kernel,m", [("gemv_t", 4), ("mma_t", 32)])
 @pytest.mark.parametrize("encoding", ["float", "nested"])
-def test_transposed_gemv_lowers_for_cuda_once_per_kernel(encoding):
+def test_transposed_kernels_lower_for_cuda_once_per_kernel(kernel, m, encoding):
   # Lowered for CUDA on any machine (Pallas to Triton IR; only a GPU compiles and runs it):
   # the call sites of one config share one kernel, as the forward GEMV's do.
   import jax
   w, fmt = make_weight(512, 1024, 64, encoding, seed=3)
-  dy = jax.ShapeDtypeStruct((4, 512), jnp.bfloat16)
+  dy = jax.ShapeDtypeStruct((m, 512), jnp.bfloat16)
+  fn = getattr(pallas_kernels, f"{kernel}_4bit_triton")
 
   def kernels(configs):
     def f(dy, w):
       out = 0.0
       for cfg in configs:
-        out = out + pallas_kernels.gemv_t_4bit_triton(dy, w, fmt=fmt, config=cfg)
+        out = out + fn(dy, w, fmt=fmt, config=cfg)
       return out
     return jax.jit(f).trace(dy, w).lower(lowering_platforms=("cuda",)).as_text().count(
         "custom_call @")
 
-  cfg = LutConfig(kind="gemv", block_n=8, chunks=4, prefetch=2)
+  cfg = LutConfig(kind="gemv" if kernel == "gemv_t" else "mma", block_n=16, chunks=2,
+                  prefetch=2)
   assert kernels([cfg, cfg, cfg]) == 1
   assert kernels([cfg, dataclasses.replace(cfg, prefetch=0)]) == 2
 
 
 @pytest.mark.skipif(not on_gpu(), reason="the input gradient's kernel route runs on a GPU")
-def test_input_gradient_takes_the_transposed_gemv_where_recorded(monkeypatch):
+def test_input_gradient_takes_the_transposed_kernels_where_recorded(monkeypatch):
   import jax
   import jaxfp4
   from jaxfp4._src import product
   wf = jax.random.normal(jax.random.key(0), (256, 512), jnp.bfloat16)
   packed, state = jaxfp4.quantize_4bit(wf, quant_type="nf4", compress_statistics=True)
-  x = jax.random.normal(jax.random.key(1), (3, 512), jnp.bfloat16)
   monkeypatch.setitem(lut_api.DEFAULT_LIMITS, "gemv_t_max_m", 8)
+  monkeypatch.setitem(lut_api.DEFAULT_LIMITS, "mma_t_max_m", 64)
   monkeypatch.setattr(lut_api, "limits", lambda device: dict(lut_api.DEFAULT_LIMITS))
-  assert product.route(3, state, jnp.bfloat16, None, transpose=True) == "gemv_t"
-  dy = jax.random.normal(jax.random.key(2), (3, 256), jnp.bfloat16)
-  _, vjp = jax.vjp(lambda x: jaxfp4.matmul_4bit(x, packed, state), x)
-  (dx,) = vjp(dy)
-  check_close(dx, dy, exact_weight(*product.kernel_weight(packed, state)), "bfloat16", True)
+  for m, kind in ((3, "gemv_t"), (24, "mma_t")):
+    assert product.route(m, state, jnp.bfloat16, None, transpose=True) == kind
+    x = jax.random.normal(jax.random.key(1), (m, 512), jnp.bfloat16)
+    dy = jax.random.normal(jax.random.key(2), (m, 256), jnp.bfloat16)
+    _, vjp = jax.vjp(lambda x: jaxfp4.matmul_4bit(x, packed, state), x)
+    (dx,) = vjp(dy)
+    w, fmt = product.kernel_weight(packed, state)
+    wk = exact_weight(w, fmt) if kind == "gemv_t" else kernel_weight(w, fmt, "mma", "shfl",
+                                                                     jnp.bfloat16)
+    check_close(dx, dy, wk, "bfloat16", True)

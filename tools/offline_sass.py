@@ -87,8 +87,8 @@ def loop_bodies(sass: str):
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("kind", choices=("gemv", "mma", "gemv_t"),
-                 help="gemv_t: the transposed GEMV dy @ W (--m rows of dy)")
+  p.add_argument("kind", choices=("gemv", "mma", "gemv_t", "mma_t"),
+                 help="gemv_t, mma_t: the transposed kernels, dy @ W (--m rows of dy)")
   p.add_argument("--shape", default="8192x8192", help="N x K")
   p.add_argument("--m", type=int, default=1)
   p.add_argument("--blocksize", type=int, default=64)
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
   from pallas_kernels._src.lut_matmul.gemv import gemv_4bit_group_triton, gemv_4bit_triton
   from pallas_kernels._src.lut_matmul.mma import mma_4bit_group_triton, mma_4bit_triton
 
-  from pallas_kernels._src.lut_matmul import gemv_t
+  from pallas_kernels._src.lut_matmul import gemv_t, mma_t
 
   n, k = (int(v) for v in args.shape.split("x"))
   bs = args.blocksize
@@ -114,10 +114,14 @@ def main(argv=None) -> int:
   fmt = WeightFormat(lut=tuple(formats.NF4_CODE.tolist()), blocksize=bs)
   w = PackedWeight(jax.ShapeDtypeStruct((n, k // bs, bs // 2), jnp.uint8),
                    jax.ShapeDtypeStruct((n, k // bs), jnp.float32))
-  if args.kind == "gemv_t":
-    cfg = gemv_t.fit_config(LutConfig(kind="gemv", **kw), n, k, fmt)
+  if args.kind in ("gemv_t", "mma_t"):
     dy = jax.ShapeDtypeStruct((args.m, n), jnp.bfloat16)
-    fn = lambda dy, w: gemv_t.gemv_t_4bit_triton(dy, w, fmt=fmt, config=cfg)
+    if args.kind == "gemv_t":
+      cfg = gemv_t.fit_config(LutConfig(kind="gemv", **kw), n, k, fmt)
+      fn = lambda dy, w: gemv_t.gemv_t_4bit_triton(dy, w, fmt=fmt, config=cfg)
+    else:
+      cfg = mma_t.fit_config(LutConfig(kind="mma", **kw), args.m, n, k, fmt)
+      fn = lambda dy, w: mma_t.mma_t_4bit_triton(dy, w, fmt=fmt, config=cfg)
     _report(capture_triton_ir(fn, dy, w), cfg)
     return 0
   cfg = fit(LutConfig(kind=args.kind, **kw), args.m, n, k // min(bs, 64))

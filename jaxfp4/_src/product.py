@@ -79,9 +79,9 @@ def fused_ok(state: QuantState, dtype) -> bool:
 
 
 def route(m: int, state: QuantState, dtype, implementation, transpose: bool) -> str:
-  """``"gemv"``/``"mma"`` (register-table kernels), ``"gemv_t"`` (the transposed GEMV, input
-  gradient of a few rows), ``"fused"`` (tile-decode kernel), ``"dequantize"`` (kernel decode
-  + XLA dot) or ``"xla"``."""
+  """``"gemv"``/``"mma"`` (register-table kernels), ``"gemv_t"``/``"mma_t"`` (their
+  transposed forms for the input gradient), ``"fused"`` (tile-decode kernel),
+  ``"dequantize"`` (kernel decode + XLA dot) or ``"xla"``."""
   if implementation == "xla":
     return "xla"
   usable = fused_ok(state, dtype)
@@ -108,8 +108,10 @@ def route(m: int, state: QuantState, dtype, implementation, transpose: bool) -> 
       kind = "mma"  # the Mosaic kernel: its own M range ("wgmma_min_m" to "wgmma_max_m")
     if kind:
       return kind
-  if transpose and lut_api.use_gemv_t(m, n, k, state.blocksize, device):
-    return "gemv_t"
+  if transpose:
+    kind = lut_api.transposed_kind(m, n, k, state.blocksize, dtype, device)
+    if kind:
+      return kind
   if usable and matmul_config.prefer_fused(m, transpose, device):
     return "fused"
   return "dequantize"
@@ -130,12 +132,15 @@ def product(x, data, state, bias, implementation, transpose: bool):
     w, fmt = kernel_weight(data, state)
     return pallas_kernels.matmul_lut(x, w, fmt=fmt, bias=bias, kind=route_,
                                      implementation="pallas")
-  if route_ == "gemv_t":
+  if route_ in ("gemv_t", "mma_t"):
     w, fmt = kernel_weight(data, state)
     n, k = state.shape
-    return pallas_kernels.gemv_t_4bit_triton(
-        x, w, fmt=fmt, config=lut_api.gemv_t_config(x.shape[0], n, k,
-                                                    kernel_common.device_kind()))
+    device = kernel_common.device_kind()
+    if route_ == "gemv_t":
+      return pallas_kernels.gemv_t_4bit_triton(
+          x, w, fmt=fmt, config=lut_api.gemv_t_config(x.shape[0], n, k, device))
+    return pallas_kernels.mma_t_4bit_triton(
+        x, w, fmt=fmt, config=lut_api.mma_t_config(x.shape[0], n, k, device))
   if route_ == "fused":
     w, fmt = kernel_weight(data, state)
     return pallas_kernels.matmul_packed(x, w, fmt=fmt, transpose=transpose, bias=bias,

@@ -33,10 +33,11 @@ from pallas_kernels._src.matmul_4bit.weight import (PackedWeight, WeightFormat, 
 # A weight group (q/k/v, gate/up) whose summed rows qualify runs as one Mosaic launch where
 # "wgmma_group_launch" is recorded as 1; else one launch per weight, each qualifying alone.
 # The input gradient dy @ W runs the transposed GEMV (gemv_t.py) up to "gemv_t_max_m" rows of
-# dy: 0 (never) until it is measured on the device kind.
+# dy and the transposed tensor-core kernel (mma_t.py) up to "mma_t_max_m": both 0 (never)
+# until they are measured on the device kind.
 DEFAULT_LIMITS = {"gemv_max_m": 4, "mma_max_m": 128, "wgmma_max_m": 0, "wgmma_min_weights": 0,
                   "wgmma_min_m": 5, "wgmma_min_blocksize": 64, "wgmma_group_launch": 0,
-                  "gemv_t_max_m": 0}
+                  "gemv_t_max_m": 0, "mma_t_max_m": 0}
 
 # Configs measured on an H100 (tools/sweep_lut_kernels.py, 8192 x 8192) by M bucket.
 _DEFAULT_CONFIGS = {
@@ -88,10 +89,29 @@ def choose_kind(m: int, dtype, device_kind: str | None = None) -> str | None:
   return None
 
 
-def use_gemv_t(m: int, n: int, k: int, blocksize: int, device_kind: str | None) -> bool:
-  """The input gradient of ``m`` rows runs the transposed GEMV (``"gemv_t_max_m"``)."""
+def transposed_kind(m: int, n: int, k: int, blocksize: int, dtype,
+                    device_kind: str | None) -> str | None:
+  """The kernel for the input gradient ``dy @ W`` of ``m`` rows: ``"gemv_t"`` up to
+  ``"gemv_t_max_m"``, ``"mma_t"`` (16-bit ``dy``) up to ``"mma_t_max_m"``, else None
+  (dequantize + GEMM)."""
+  if not can_use_kernel(n, k, blocksize):
+    return None
   lim = limits(device_kind)
-  return can_use_kernel(n, k, blocksize) and m <= min(lim["gemv_t_max_m"], MAX_GEMV_ROWS)
+  if m <= min(lim["gemv_t_max_m"], MAX_GEMV_ROWS):
+    return "gemv_t"
+  if m <= lim["mma_t_max_m"] and jnp.dtype(dtype).name in lut_decode.TABLE_DTYPES:
+    return "mma_t"
+  return None
+
+
+def mma_t_config(m: int, n: int, k: int, device_kind: str | None = None) -> LutConfig:
+  """Recorded transposed tensor-core config (``"lut/mma_t/<bucket>[/<N>x<K>]"``), else 64 rows
+  of ``dy`` and of W per step, 2 chunks, 4 warps."""
+  bucket = _bucket("mma", m).replace("mma", "mma_t")
+  entry = tuning.tuned_entry("matmul_4bit", device_kind, f"lut/{bucket}/{n}x{k}") or \
+      tuning.tuned_entry("matmul_4bit", device_kind, f"lut/{bucket}")
+  return LutConfig(**entry) if entry else LutConfig(kind="mma", block_m=64, block_n=64,
+                                                    chunks=2)
 
 
 def gemv_t_config(m: int, n: int, k: int, device_kind: str | None = None) -> LutConfig:
