@@ -88,6 +88,28 @@ def test_emulated_decoder_yields_the_dequantized_weight_in_decoder_order(tile_k,
   np.testing.assert_array_equal(emulate_decode(words, scales, table, dtype), want)
 
 
+@pytest.mark.parametrize("tile_k", [64, 128, 256])
+def test_unscaled_decoder_splits_the_operand_into_its_blocks(tile_k):
+  # WgmmaConfig(post_scale): the decoder hands each 64-weight block to its own wgmma. Its
+  # register q of block j must hold what operand register q + 8 j of the whole tile holds
+  # (the same rows, columns 64 j + c), for every thread (Mosaic's layout, numpy).
+  from jax.experimental.mosaic.gpu import fragmented_array as fa
+  whole = wgmma_layout.register_positions(fa.WGMMA_LAYOUT, (64, tile_k))
+  block = wgmma_layout.register_positions(fa.WGMMA_LAYOUT, (64, 64))
+  words = wgmma_layout.register_positions(fa.WGMMA_LAYOUT, (64, tile_k // 8))
+  seen = set()
+  for thread, reg in words:
+    j, _ = wgmma_layout.word_block_and_half(reg)
+    for q in range(8):
+      full = wgmma_layout.operand_register(reg, q)
+      local = list(full)
+      local[1] -= 8 * j
+      assert [(r, c - 64 * j) for r, c in whole[(thread, full)]] == \
+          block[(thread, tuple(local))]
+      seen.add((thread, j, tuple(local)))
+  assert len(seen) == 128 * (tile_k // 64) * len({r for t, r in block if t == 0})
+
+
 @pytest.mark.parametrize("blocksize", [16, 32, 64, 128])
 def test_emulated_slab_decoder_scales_each_weight_by_its_own_block(blocksize):
   # Blocks of 16 and 32 (NVFP4, MXFP4): the four lanes that share a row hold different
@@ -244,6 +266,14 @@ LOWER_CASES = [  # n, k, m, blocksize, encoding, dtype, config
      wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, reduce=True,
                        transpose_out=True)),
     (128, 1024, 40, 64, "float", "float16", wgmma.WgmmaConfig(sub=2, transpose_out=True)),
+    # each block's float32 sum scaled after its wgmma (blocks of 32 ignore it)
+    (128, 512, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig(post_scale=True)),
+    (256, 4096, 16, 64, "nested", "bfloat16",
+     wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, reduce=True,
+                       post_scale=True)),
+    (128, 2048, 40, 128, "byte", "float16", wgmma.WgmmaConfig(sub=2, tile_k=256,
+                                                             post_scale=True)),
+    (256, 4096, 16, 32, "byte", "bfloat16", wgmma.WgmmaConfig(post_scale=True)),
 ]
 
 
@@ -314,6 +344,31 @@ def test_compiled_kernel_meets_the_exact_product(n, k, m, bs, encoding, dtype, c
   default = pallas_kernels.matmul_lut(x, w, fmt=fmt, bias=bias, kind="mma",
                                       implementation="pallas")  # the dispatch's own config
   check_close(default, x, wk, dtype, False, bias)
+
+
+POST_SCALE_CASES = [  # n, k, m, blocksize, encoding, dtype, config (post_scale added)
+    (128, 1024, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig()),
+    (256, 4096, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig(slab=True, late_slab=True,
+                                                              reduce=True)),
+    (256, 4096, 24, 64, "nested", "bfloat16",
+     wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, reduce=True,
+                       transpose_out=True)),
+    (192, 1024, 64, 128, "byte", "float16", wgmma.WgmmaConfig(tile_k=256, sub=3, steps=3)),
+    (128, 2048, 8, 64, "float*", "bfloat16", wgmma.WgmmaConfig(sub=2, split_k=4)),
+]
+
+
+@pytest.mark.skipif(not HOPPER, reason="the compiled kernel needs an sm_90 GPU")
+@pytest.mark.parametrize("n,k,m,bs,encoding,dtype,config", POST_SCALE_CASES)
+def test_post_scaled_kernel_meets_its_exact_product(n, k, m, bs, encoding, dtype, config):
+  # The contract of post_scale: table values rounded to the 16-bit type, each block's
+  # float32 sum times its scale (the Triton kernels' "prmt" contract).
+  config = dataclasses.replace(config, post_scale=True)
+  w, fmt = make_weight(n, k, bs, encoding, seed=n + k + m)
+  x = jnp.asarray(np.random.default_rng(m).standard_normal((m, k)), jnp.dtype(dtype))
+  got = pallas_kernels.matmul_lut(x, w, fmt=fmt, kind="mma", config=config,
+                                  implementation="pallas")
+  check_close(got, x, kernel_weight(w, fmt, "mma", "prmt", jnp.dtype(dtype)), dtype, False)
 
 
 @pytest.mark.skipif(not HOPPER, reason="the compiled kernel needs an sm_90 GPU")

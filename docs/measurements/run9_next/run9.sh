@@ -1,6 +1,7 @@
 # Run 9 (one call, <= 590 s, H100 or H200): the Llama-3.1-8B NF4+DQ decode at batch 16 under
-# three tables in separate processes on one machine (tables.py: t0 committed, t1 + the H200
-# gates, t2 + transpose_out on every Mosaic config), bf16 in the same run; then M = 2 and 4
+# four tables in separate processes on one machine (tables.py: t0 committed, t1 + the H200
+# gates, t2 + transpose_out, t3 + post_scale on every Mosaic config), bf16 in the same run;
+# then M = 2 and 4
 # on the GEMV against the Mosaic kernel (padded to 8 rows), and MXFP4/NVFP4 through the
 # dispatch with t1. Each step runs only while the call has time left.
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/flax*.whl
@@ -17,7 +18,8 @@ decode() {  # table variant batches
     --config llama_8b --variants $2 --routes default --skip-qlora --batches $3 --new 64 \
     --repeats 3 2>&1 | grep -E "decode|^#" | sed "s/^/$1 $2: /" | tee -a $OUT/decode.txt
 }
-decode t1 nf4_dq 16; decode t2 nf4_dq 16; decode t0 nf4_dq 16; decode t0 bf16 16
+decode t1 nf4_dq 16; decode t2 nf4_dq 16; decode t3 nf4_dq 16; decode t0 nf4_dq 16
+decode t0 bf16 16
 date
 S='"slab": true, "late_slab": true, "reduce": true'
 cp $OUT/t0.json $T

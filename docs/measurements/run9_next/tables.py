@@ -3,7 +3,8 @@
 t0: as committed; t1: t0 + the H200 gates measured on the H100 in run 7 (weight groups in one
 Mosaic launch, scale blocks of 16 and 32 on the Mosaic kernel); t2: t1 + every recorded Mosaic
 config writing its output as [M, N] (WgmmaConfig.transpose_out), which removes XLA's transpose
-of each Mosaic output.
+of each Mosaic output; t3: t2 + WgmmaConfig.post_scale on every Mosaic config (each block's
+float32 sum scaled instead of every weight).
 """
 import copy
 import json
@@ -18,5 +19,10 @@ for dev in t2.values():
   for key, entry in dev.items():
     if key.startswith("wgmma/"):
       entry["transpose_out"] = True
-for name, t in (("t0", t0), ("t1", t1), ("t2", t2)):
+t3 = copy.deepcopy(t2)
+for dev in t3.values():
+  for key, entry in dev.items():
+    if key.startswith("wgmma/"):
+      entry["post_scale"] = True
+for name, t in (("t0", t0), ("t1", t1), ("t2", t2), ("t3", t3)):
   json.dump(t, open(f"{out}/{name}.json", "w"), indent=1)

@@ -119,7 +119,12 @@ def _partials(x_log, words, scales, table, coded_arrays, *,
   out_t = config.transpose_out
   out_shape = (mp, n) if out_t else (n, mp)
   x_swizzle = plgpu.find_swizzle(tile_k * 16, "rhs")
-  if slab:  # one decoder per row tile: each reads its own rows of the slab
+  # post_scale: unscaled blocks, each block's float32 sum times its rows' scale column
+  post = config.post_scale and blocksize >= BLOCK
+  if post:
+    decode_blocks = decode_lib.weight_decoder(tile_k, x_log.dtype, scaled=False)
+    scale_column = [decode_lib.slab_scale_column(t * ROWS) for t in range(sub)]
+  elif slab:  # one decoder per row tile: each reads its own rows of the slab
     slab_decode = [decode_lib.weight_decoder(tile_k, x_log.dtype, t * ROWS, blocksize)
                    for t in range(sub)]
   else:
@@ -183,11 +188,46 @@ def _partials(x_log, words, scales, table, coded_arrays, *,
       if not slab:
         specs.append(plgpu.BlockSpec((nblk, tile_n), lambda kk: (ks * k_iters + kk, ni)))
         operands.append(s_gmem)
+      if post:  # the running sums are the pipeline's carry (registers), not accumulators
+        zero = plgpu.layout_cast(jnp.zeros((ROWS, mp), jnp.float32), plgpu.Layout.WGMMA)
+        return plgpu.emit_pipeline(post_step, grid=(k_iters,), in_specs=specs,
+                                   max_concurrent_steps=steps,
+                                   init_carry=tuple(zero for _ in range(sub)))(*operands)
       plgpu.emit_pipeline(step, grid=(k_iters,), in_specs=specs,
                           max_concurrent_steps=steps)(*operands)
       return tuple(acc[...] for acc in accs)
 
-    accs = pl.run_scoped(accumulate, *(plgpu.ACC((ROWS, mp)) for _ in range(sub)))
+    def post_step(idx, x_smem, w_smem, *rest):
+      *s_step, totals = rest
+      if late:
+        pl.when(idx[0] == 0)(slab_ready)
+
+      def block_sums(*parts):  # fresh zeroed accumulators: one per row tile and block
+        for t in range(sub):
+          w = decode_lib.load(w_smem.at[rows_of(t)], plgpu.Layout.WGMMA)
+          for b, a in enumerate(decode_blocks(w, tab)):
+            xb = x_smem.at[:, pl.ds(b * BLOCK, BLOCK)].transpose((1, 0))
+            plgpu.wgmma(parts[t * nblk + b], a, xb)
+        plgpu.wgmma_wait(0)
+        return tuple(part[...] for part in parts)
+
+      sums = pl.run_scoped(block_sums, *(plgpu.ACC((ROWS, mp)) for _ in range(sub * nblk)))
+      out = []
+      for t in range(sub):
+        total = totals[t]
+        for b in range(nblk):
+          if slab:
+            scale = scale_column[t](s_slab, (idx[0] * tile_k + b * BLOCK) // blocksize)
+          else:
+            scale = decode_lib.load(s_step[0].at[b, rows_of(t)], plgpu.Layout.WGMMA.reduce(1))
+          total = total + sums[t * nblk + b] * jax.lax.broadcast_in_dim(scale, (ROWS, mp), (0,))
+        out.append(total)
+      return tuple(out)
+
+    if post:
+      accs = accumulate()
+    else:
+      accs = pl.run_scoped(accumulate, *(plgpu.ACC((ROWS, mp)) for _ in range(sub)))
     for t, acc in enumerate(accs):
       if out_t:  # [mp, tile_n]: the accumulator's transposed layout (a shuffle per pair)
         o_smem.at[:, rows_of(t)].transpose((1, 0))[...] = plgpu.layout_cast(

@@ -56,6 +56,14 @@ class WgmmaConfig:
       Mosaic's transposed WGMMA layout, stored through a transposed shared-memory view)
       instead of ``[N, M]``, which XLA then transposes, often as a kernel of its own (run 7
       profiled 64 such transposes in a Llama-8B decode step at batch 16).
+    post_scale: decode each weight to its table value rounded to the activations' type
+      (no scale), run one ``wgmma`` per 64-weight block into a fresh accumulator, and
+      multiply that block's float32 partial sum by its row's scale (one multiply-add per
+      output element and block, instead of one multiply per weight: ncu counted the scale
+      multiply as 1.0 of 5.6 instructions per weight at M = 16, run 6). The contract
+      becomes the Triton kernels' ``decode="prmt"`` one: ``table`` rounded to the 16-bit
+      type, the scale applied to each block's float32 sum. Scale blocks of 64 weights and
+      more only (smaller blocks differ within a thread's 64; they ignore it).
   """
 
   tile_k: int = 128
@@ -67,6 +75,7 @@ class WgmmaConfig:
   late_slab: bool = False
   reduce: bool = False
   transpose_out: bool = False
+  post_scale: bool = False
 
   def __post_init__(self):
     if self.tile_k not in (64, 128, 256):
@@ -81,7 +90,8 @@ class WgmmaConfig:
     return (f"wgmma,k{self.tile_k},s{self.split_k},r{self.sub},p{self.steps}"
             + (",slab" if self.slab else "") + (",coded" if self.coded_slab else "")
             + (",late" if self.late_slab else "")
-            + (",red" if self.reduce else "") + (",outT" if self.transpose_out else ""))
+            + (",red" if self.reduce else "") + (",outT" if self.transpose_out else "")
+            + (",post" if self.post_scale else ""))
 
 
 def supports(n: int, k: int, fmt: WeightFormat, dtype) -> bool:

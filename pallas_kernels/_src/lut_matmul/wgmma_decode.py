@@ -47,10 +47,14 @@ def _asm(result_type, operands, text: str, constraints: str) -> Any:
   return llvm.inline_asm(result_type, operands, text, constraints)
 
 
-def weight_decoder(tile_k: int, dtype, slab_rows: int | None = None, blocksize: int = BLOCK):
+def weight_decoder(tile_k: int, dtype, slab_rows: int | None = None, blocksize: int = BLOCK,
+                   scaled: bool = True):
   """``decode(words, table, *scales)``: int32 ``[64, tile_k/8]`` words (WGMMA layout), the
   table (lane ``t`` holds entry ``t % 16``) and one ``[64]`` scale column per 64 weights ->
   the ``[64, tile_k]`` operand in ``dtype``, WGMMA layout, logical K order.
+
+  Unscaled (``scaled=False``, ``WgmmaConfig.post_scale``): ``decode(words, table)`` -> one
+  ``[64, 64]`` operand per 64-weight block, each table value rounded to ``dtype``.
 
   With ``slab_rows`` (the first row of this tile in the slab), ``scales`` is the shared
   memory slab ``[tile_n, cols]`` and one int32 column index per 64 weights: each thread
@@ -59,6 +63,8 @@ def weight_decoder(tile_k: int, dtype, slab_rows: int | None = None, blocksize: 
   (``layout_lib.slab_column``)."""
   nblk = tile_k // BLOCK
   cvt = "cvt.rn.bf16x2.f32" if jnp.dtype(dtype) == jnp.bfloat16 else "cvt.rn.f16x2.f32"
+  if not scaled:
+    return _unscaled_decoder(tile_k, dtype, cvt)
   scale_types: tuple[Any, ...]
   if slab_rows is None:
     scale_types = tuple(plgpu.Layout.WGMMA.reduce(1) for _ in range(nblk))
@@ -115,6 +121,75 @@ def weight_decoder(tile_k: int, dtype, slab_rows: int | None = None, blocksize: 
     return fa.FragmentedArray(_registers=out, _layout=fa.WGMMA_LAYOUT, _is_signed=None)
 
   return decode
+
+
+def _unscaled_decoder(tile_k: int, dtype, cvt: str):
+  """:func:`weight_decoder` without scales: a shift and a shuffle per code, ``cvt.rn`` per
+  pair, the operand split into its 64-weight blocks (block ``j`` holds the registers whose
+  column group is ``8 j + q``, as ``layout_lib.operand_register`` places them)."""
+  nblk = tile_k // BLOCK
+  block = plgpu.ShapeDtypeStruct((ROWS, BLOCK), dtype, layout=plgpu.Layout.WGMMA)
+
+  @plgpu.inline_mgpu(
+      arg_types=(plgpu.Layout.WGMMA, plgpu.Layout.WG_STRIDED((128,), vec_size=1)),
+      return_type=tuple(block for _ in range(nblk)),
+  )
+  def decode(ctx, words, table):
+    del ctx
+    i32, f32 = ir.IntegerType.get_signless(32), ir.F32Type.get()
+    half = ir.BF16Type.get() if jnp.dtype(dtype) == jnp.bfloat16 else ir.F16Type.get()
+    pick = lambda v, i: vector.extract(v, dynamic_position=[],
+                                       static_position=ir.DenseI64ArrayAttr.get([i]))
+    tab = pick(table.registers.flat[0], 0)
+    outs = [np.empty(fa.WGMMA_LAYOUT.registers_shape((ROWS, BLOCK)), dtype=object)
+            for _ in range(nblk)]
+    for idx in np.ndindex(words.registers.shape):
+      j, _ = layout_lib.word_block_and_half(idx)
+      vals = []
+      for w in range(2):
+        word = pick(words.registers[idx], w)
+        for p in range(8):
+          code = word if p == 0 else arith.shrui(word, mgpu_utils.c(4 * p, i32))
+          vals.append(_asm(f32, [tab, code],
+                           "shfl.sync.idx.b32 $0, $1, $2, 0x101f, 0xffffffff;", "=f,f,r"))
+      for q in range(8):  # cvt puts its first operand in the high half: element 1
+        pair = _asm(i32, [vals[2 * q + 1], vals[2 * q]], f"{cvt} $0, $1, $2;", "=r,f,f")
+        reg = list(layout_lib.operand_register(idx, q))
+        reg[1] -= 8 * j  # the column group within block j
+        outs[j][tuple(reg)] = mgpu_utils.bitcast(pair, ir.VectorType.get((2,), half))
+    return tuple(fa.FragmentedArray(_registers=o, _layout=fa.WGMMA_LAYOUT, _is_signed=None)
+                 for o in outs)
+
+  return decode
+
+
+def slab_scale_column(slab_rows: int):
+  """``column(slab, col)``: the ``[64]`` float32 scales of slab column ``col`` for the 64 rows
+  from ``slab_rows``, in the WGMMA row layout (each thread reads its two rows, as the slab
+  decoder does: a strided column view of the slab cannot be loaded)."""
+
+  @plgpu.inline_mgpu(
+      arg_types=(plgpu.RefType(), plgpu.Layout.WG_SPLAT(())),
+      return_type=plgpu.ShapeDtypeStruct((ROWS,), jnp.float32,
+                                         layout=plgpu.Layout.WGMMA.reduce(1)),
+  )
+  def column(ctx, slab, col):
+    del ctx
+    i32, f32, index = ir.IntegerType.get_signless(32), ir.F32Type.get(), ir.IndexType.get()
+    c = lambda v: mgpu_utils.c(v, i32)
+    tid = mgpu_utils.thread_idx()
+    base = arith.addi(arith.muli(arith.remui(arith.divui(tid, c(32)), c(4)), c(16)),
+                      arith.divui(arith.remui(tid, c(32)), c(4)))
+    base = arith.addi(base, c(slab_rows))
+    col_idx = arith.index_cast(index, col.registers.flat[0])
+    regs = np.empty(fa.WGMMA_ROW_LAYOUT.registers_shape((ROWS,)), dtype=object)
+    for h in range(2):  # layout_lib.slab_row: 16 warp + lane / 4 + 8 h
+      row = arith.index_cast(index, arith.addi(base, c(8 * h)))
+      regs[layout_lib.scale_register(h)] = vector.broadcast(
+          ir.VectorType.get((1,), f32), memref.load(slab, [row, col_idx]))
+    return fa.FragmentedArray(_registers=regs, _layout=fa.WGMMA_ROW_LAYOUT, _is_signed=None)
+
+  return column
 
 
 def _mul_rn(a, b):
