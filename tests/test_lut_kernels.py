@@ -262,11 +262,12 @@ def test_call_sites_of_one_triton_kernel_share_one_lowered_kernel(kind, m):
 
 GEMV_T_CASES = [  # n, k, m, blocksize, encoding, dtype, config (None: the default)
     (64, 512, 1, 64, "float", "bfloat16", None),
-    (40, 512, 3, 128, "nested", "float16", LutConfig(kind="gemv", block_n=16, chunks=2,
+    (40, 512, 2, 128, "nested", "float16", LutConfig(kind="gemv", block_n=16, chunks=2,
                                                      groups=2, prefetch=2)),
     (50, 256, 2, 32, "byte", "float32", LutConfig(kind="gemv", block_n=8, chunks=4,
                                                   prefetch=False)),
-    (24, 128, 8, 16, "float*", "bfloat16", LutConfig(kind="gemv", block_n=8, chunks=4)),
+    (24, 128, 8, 16, "float*", "bfloat16", LutConfig(kind="gemv", block_n=8, chunks=4,
+                                                     prefetch=0)),
 ]
 
 
