@@ -35,7 +35,8 @@ class MatmulRow:
   shape: tuple[int, int]  # (N, K)
   m: int
   quant_type: str
-  variant: str  # "bf16", "xla dequant+dot", "matmul_4bit [route]", "dequant kernel+dot"; "bwd"
+  variant: str  # "bf16", "xla dequant+dot", "matmul_4bit [route]", "dequant kernel+dot"; "bwd",
+  # "bwd: gemv_t" / "bwd: mma_t" (the transposed kernels beside the input gradient's route)
   seconds: float
   nbytes: int
   flops: int
@@ -213,6 +214,13 @@ def run(shapes, ms, *, quant_type="nf4", formats_shape=None, format_ms=(), forma
               add(shape, m, tag, "matmul_4bit bwd", _time_rotating(_bwd, dy, ws, quick), wb, tb16)
         if mosaic:  # the Triton tensor-core kernel it replaced, for comparison
           add(shape, m, tag, "mma: Triton", _safe_time(_triton_mma, x, ws, quick), wb, t16)
+        if main and on_gpu and backward and m <= 256:
+          # The transposed kernels beside the input gradient's route, while the dispatch
+          # takes them only where their limits are recorded.
+          kind = "gemv_t" if m <= 8 else "mma_t"
+          if product_lib.route(m, state, dy.dtype, None, True) != kind:
+            t = _safe_time(functools.partial(_transposed, kind), dy, ws, quick)
+            add(shape, m, tag, f"bwd: {kind}", t, wb, tb16)
         for cfg in (configs or {}).get(m, []) if main and on_gpu else []:
           t = _safe_time(_config_op(cfg, False), x, ws, quick)
           add(shape, m, tag, "cfg " + cfg.name(), t, wb, t16)
@@ -264,6 +272,21 @@ def _triton_mma(x, w):
   cfg = lut_api.get_config("mma", x.shape[0], n, k, fmt.blocksize, common.device_kind())
   return pallas_kernels.matmul_lut(x, kw, fmt=fmt, kind="mma", config=cfg,
                                    implementation="pallas")
+
+
+def _transposed(kind, dy, w):
+  import pallas_kernels
+  from pallas_kernels._src import common
+  from pallas_kernels._src.lut_matmul import api as lut_api
+  packed, state = w
+  kw, fmt = product_lib.kernel_weight(q.check_packed(packed, state), state)
+  n, k = state.shape
+  device = common.device_kind()
+  if kind == "gemv_t":
+    return pallas_kernels.gemv_t_4bit_triton(
+        dy, kw, fmt=fmt, config=lut_api.gemv_t_config(dy.shape[0], n, k, device))
+  return pallas_kernels.mma_t_4bit_triton(
+      dy, kw, fmt=fmt, config=lut_api.mma_t_config(dy.shape[0], n, k, device))
 
 
 def _safe_time(op, x, ws, quick):
