@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import os
 import re
 import subprocess
@@ -116,11 +117,13 @@ def main(argv=None) -> int:
                    jax.ShapeDtypeStruct((n, k // bs), jnp.float32))
   if args.kind in ("gemv_t", "mma_t"):
     dy = jax.ShapeDtypeStruct((args.m, n), jnp.bfloat16)
+    # --config overrides fields of the kernel's own default config
     if args.kind == "gemv_t":
-      cfg = gemv_t.fit_config(LutConfig(kind="gemv", **kw), n, k, fmt)
+      cfg = gemv_t.fit_config(dataclasses.replace(gemv_t.default_config(args.m), **kw), n, k,
+                              fmt)
       fn = lambda dy, w: gemv_t.gemv_t_4bit_triton(dy, w, fmt=fmt, config=cfg)
     else:
-      cfg = mma_t.fit_config(LutConfig(kind="mma", **kw), args.m, n, k, fmt)
+      cfg = mma_t.fit_config(dataclasses.replace(mma_t.DEFAULT_CONFIG, **kw), args.m, n, k, fmt)
       fn = lambda dy, w: mma_t.mma_t_4bit_triton(dy, w, fmt=fmt, config=cfg)
     _report(capture_triton_ir(fn, dy, w), cfg)
     return 0

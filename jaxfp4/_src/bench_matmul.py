@@ -275,18 +275,8 @@ def _triton_mma(x, w):
 
 
 def _transposed(kind, dy, w):
-  import pallas_kernels
-  from pallas_kernels._src import common
-  from pallas_kernels._src.lut_matmul import api as lut_api
   packed, state = w
-  kw, fmt = product_lib.kernel_weight(q.check_packed(packed, state), state)
-  n, k = state.shape
-  device = common.device_kind()
-  if kind == "gemv_t":
-    return pallas_kernels.gemv_t_4bit_triton(
-        dy, kw, fmt=fmt, config=lut_api.gemv_t_config(dy.shape[0], n, k, device))
-  return pallas_kernels.mma_t_4bit_triton(
-      dy, kw, fmt=fmt, config=lut_api.mma_t_config(dy.shape[0], n, k, device))
+  return product_lib.transposed_product(kind, dy, q.check_packed(packed, state), state)
 
 
 def _safe_time(op, x, ws, quick):

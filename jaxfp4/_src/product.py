@@ -117,6 +117,19 @@ def route(m: int, state: QuantState, dtype, implementation, transpose: bool) -> 
   return "dequantize"
 
 
+def transposed_product(kind: str, dy, data, state: QuantState) -> jax.Array:
+  """``dy @ W`` on the transposed kernel ``kind`` (``"gemv_t"`` or ``"mma_t"``) with the
+  config recorded for this device kind (GPU)."""
+  w, fmt = kernel_weight(data, state)
+  n, k = state.shape
+  device = kernel_common.device_kind()
+  if kind == "gemv_t":
+    return pallas_kernels.gemv_t_4bit_triton(
+        dy, w, fmt=fmt, config=lut_api.gemv_t_config(dy.shape[0], n, k, device))
+  return pallas_kernels.mma_t_4bit_triton(
+      dy, w, fmt=fmt, config=lut_api.mma_t_config(dy.shape[0], n, k, device))
+
+
 def decoded_weight(data, state: QuantState, dtype, use_kernel: bool) -> jax.Array:
   """``W[N, K]`` in ``dtype``: float32 ``lut * scale`` rounded once."""
   return pallas_kernels.dequantize_blocks(
@@ -133,14 +146,7 @@ def product(x, data, state, bias, implementation, transpose: bool):
     return pallas_kernels.matmul_lut(x, w, fmt=fmt, bias=bias, kind=route_,
                                      implementation="pallas")
   if route_ in ("gemv_t", "mma_t"):
-    w, fmt = kernel_weight(data, state)
-    n, k = state.shape
-    device = kernel_common.device_kind()
-    if route_ == "gemv_t":
-      return pallas_kernels.gemv_t_4bit_triton(
-          x, w, fmt=fmt, config=lut_api.gemv_t_config(x.shape[0], n, k, device))
-    return pallas_kernels.mma_t_4bit_triton(
-        x, w, fmt=fmt, config=lut_api.mma_t_config(x.shape[0], n, k, device))
+    return transposed_product(route_, x, data, state)
   if route_ == "fused":
     w, fmt = kernel_weight(data, state)
     return pallas_kernels.matmul_packed(x, w, fmt=fmt, transpose=transpose, bias=bias,

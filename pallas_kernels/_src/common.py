@@ -80,6 +80,23 @@ def masked_store(ref, value, mask):
     plgpu.store(ref, value, mask=mask)
 
 
+def prefetched_loop(steps, depth: int, load, compute, init):
+  """``carry = compute(step, load(step), carry)`` for ``step`` in ``[0, steps)``, with
+  ``depth`` steps of loads in flight: the loads of ``step + depth`` are issued before
+  ``step``'s compute (``load`` must accept steps past the end). Returns the final carry."""
+  if not depth:
+    return jax.lax.fori_loop(0, steps, lambda step, c: compute(step, load(step), c), init)
+
+  def body(step, state):
+    ahead, carry = state
+    nxt = load(step + depth)
+    return ahead[1:] + (nxt,), compute(step, ahead[0], carry)
+
+  _, carry = jax.lax.fori_loop(
+      0, steps, body, (tuple(load(jnp.int32(j)) for j in range(depth)), init))
+  return carry
+
+
 def split_range(split, steps, split_k: int):
   """``[lo, hi)`` of the ``steps`` along the walked dimension owned by split ``split``."""
   per = pl.cdiv(steps, split_k)

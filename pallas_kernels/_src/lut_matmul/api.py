@@ -12,6 +12,8 @@ from pallas_kernels._src import common
 from pallas_kernels._src import lut_decode
 from pallas_kernels._src import tuning
 from pallas_kernels._src.lut_matmul import scales as scales_lib
+from pallas_kernels._src.lut_matmul import gemv_t as gemv_t_lib
+from pallas_kernels._src.lut_matmul import mma_t as mma_t_lib
 from pallas_kernels._src.lut_matmul import wgmma as wgmma_lib
 from pallas_kernels._src.lut_matmul.config import LutConfig, MAX_GEMV_ROWS, fit
 from pallas_kernels._src.lut_matmul.gemv import gemv_4bit_group_triton, gemv_4bit_triton
@@ -105,23 +107,24 @@ def transposed_kind(m: int, n: int, k: int, blocksize: int, dtype,
 
 
 def mma_t_config(m: int, n: int, k: int, device_kind: str | None = None) -> LutConfig:
-  """Recorded transposed tensor-core config (``"lut/mma_t/<bucket>[/<N>x<K>]"``), else 64 rows
-  of ``dy`` and of W per step, 2 chunks, 4 warps."""
-  bucket = _bucket("mma", m).replace("mma", "mma_t")
-  entry = tuning.tuned_entry("matmul_4bit", device_kind, f"lut/{bucket}/{n}x{k}") or \
-      tuning.tuned_entry("matmul_4bit", device_kind, f"lut/{bucket}")
-  return LutConfig(**entry) if entry else LutConfig(kind="mma", block_m=64, block_n=64,
-                                                    chunks=2)
+  """Recorded transposed tensor-core config (``"lut/mma_t/<bucket>[/<N>x<K>]"``), else
+  ``mma_t.DEFAULT_CONFIG``."""
+  entry = _recorded("lut/" + _bucket("mma", m).replace("mma", "mma_t"), n, k, device_kind)
+  return LutConfig(**entry) if entry else mma_t_lib.DEFAULT_CONFIG
 
 
 def gemv_t_config(m: int, n: int, k: int, device_kind: str | None = None) -> LutConfig:
-  """Recorded transposed-GEMV config (``"lut/gemv_t/<bucket>[/<N>x<K>]"``), else 16 rows per
-  step up to 2 rows of dy and 8 above (the accumulators are 8 tiles per row of dy)."""
-  bucket = _bucket("gemv", m).replace("gemv", "gemv_t")
-  entry = tuning.tuned_entry("matmul_4bit", device_kind, f"lut/{bucket}/{n}x{k}") or \
-      tuning.tuned_entry("matmul_4bit", device_kind, f"lut/{bucket}")
-  return LutConfig(**entry) if entry else LutConfig(kind="gemv", block_n=16 if m <= 2 else 8,
-                                                    chunks=4)
+  """Recorded transposed-GEMV config (``"lut/gemv_t/<bucket>[/<N>x<K>]"``), else
+  ``gemv_t.default_config(m)``."""
+  entry = _recorded("lut/" + _bucket("gemv", m).replace("gemv", "gemv_t"), n, k, device_kind)
+  return LutConfig(**entry) if entry else gemv_t_lib.default_config(m)
+
+
+def _recorded(key: str, n: int, k: int, device_kind: str | None) -> dict | None:
+  """The table's ``"<key>/<N>x<K>"`` entry for the device kind, else its ``"<key>"`` one,
+  else None."""
+  return (tuning.tuned_entry("matmul_4bit", device_kind, f"{key}/{n}x{k}")
+          or tuning.tuned_entry("matmul_4bit", device_kind, key))
 
 
 def _bucket(kind: str, m: int) -> str:
@@ -150,8 +153,7 @@ def get_config(kind: str, m: int, n: int, k: int, blocksize: int,
                device_kind: str | None = None) -> LutConfig:
   """Recorded config for the device kind and M bucket (``"lut/<bucket>"``), else H100's."""
   bucket = _bucket(kind, m)
-  entry = tuning.tuned_entry("matmul_4bit", device_kind, f"lut/{bucket}/{n}x{k}") or \
-      tuning.tuned_entry("matmul_4bit", device_kind, f"lut/{bucket}")
+  entry = _recorded(f"lut/{bucket}", n, k, device_kind)
   config = LutConfig(**entry) if entry else _DEFAULT_CONFIGS[bucket]
   return fit(config, m, n, k // (2 * scales_lib.chunk_bytes(blocksize)))
 
@@ -240,8 +242,7 @@ def _run_wgmma(x, w, fmt, config, bias, device):
 def _wgmma_config(m: int, n: int, k: int, device: str | None) -> wgmma_lib.WgmmaConfig:
   """Recorded per shape, else per M bucket, else the fitted default."""
   bucket = _bucket("wgmma", m)
-  entry = tuning.tuned_entry("matmul_4bit", device, f"{bucket}/{n}x{k}") or \
-      tuning.tuned_entry("matmul_4bit", device, bucket)
+  entry = _recorded(bucket, n, k, device)
   return wgmma_lib.WgmmaConfig(**entry) if entry else wgmma_lib.WgmmaConfig()
 
 

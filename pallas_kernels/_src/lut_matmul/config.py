@@ -81,6 +81,12 @@ class LutConfig:
     return "" if depth == 0 else ",pf" if depth == 1 else f",pf{depth}"
 
 
+def row_splits(groups: int, tiles: int, other_programs: int) -> int:
+  """Programs along N of a kernel that walks row tiles: ``groups`` if set, else enough that
+  ``other_programs`` times them reach ``TARGET_PROGRAMS``, at most one per tile."""
+  return groups or max(1, min(tiles, -(-TARGET_PROGRAMS // other_programs)))
+
+
 def _pow2_divisor(n: int) -> int:
   return n & -n
 

@@ -193,7 +193,7 @@ def gemv_4bit_group_triton(
   table = lut_decode.table_operand(fmt.lut, config.decode, table_dtype)
   operands = []
   for w, n in zip(ws, ns):
-    operands.append(jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.uint32))
+    operands.append(w.words())
     operands += scales_lib.scale_operands(w, fmt)
   outs = _launch(x.reshape(m, k // 8, 8), table, *operands, fmt=fmt, config=config, ns=ns,
                  groups=groups, slices=slices, table_dtype=jnp.dtype(table_dtype),

@@ -34,7 +34,7 @@ from jax.experimental.pallas import triton as plgpu
 from pallas_kernels._src import common
 from pallas_kernels._src import lut_decode
 from pallas_kernels._src.lut_matmul import scales as scales_lib
-from pallas_kernels._src.lut_matmul.config import LutConfig, MAX_GEMV_ROWS, TARGET_PROGRAMS
+from pallas_kernels._src.lut_matmul.config import LutConfig, MAX_GEMV_ROWS, row_splits
 from pallas_kernels._src.matmul_4bit.reference import decode_weight_reference
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_operands
 
@@ -93,16 +93,7 @@ def _gemv_t_kernel(dy_ref, table_ref, data_ref, *refs, fmt, cfg, m, n, nkb, spli
     return tuple(accs)
 
   zeros = tuple(jnp.zeros(shape, jnp.float32) for _ in range(8 * m))
-  depth = int(cfg.prefetch)
-  if depth:
-    def body(step, carry):
-      ahead, accs = carry
-      nxt = load(step + depth)  # issued before this step's decode
-      return ahead[1:] + (nxt,), compute(step, ahead[0], accs)
-    _, accs = jax.lax.fori_loop(
-        0, steps, body, (tuple(load(jnp.int32(j)) for j in range(depth)), zeros))
-  else:
-    accs = jax.lax.fori_loop(0, steps, lambda step, a: compute(step, load(step), a), zeros)
+  accs = common.prefetched_loop(steps, int(cfg.prefetch), load, compute, zeros)
   for r in range(m):
     for e in range(8):  # element e of every word: columns 8 w + e of the slice
       col = jnp.sum(accs[8 * r + e], axis=0).reshape(kw)
@@ -125,9 +116,8 @@ def gemv_t_4bit_triton(
     fmt: its static format.
     config: a ``"gemv"`` config: ``block_n`` rows per step, ``chunks`` chunks per column
       slice, ``groups`` programs along N (0: enough for ``TARGET_PROGRAMS``),
-      ``num_warps``, ``prefetch``; ``decode`` must be ``"shfl"``. Default: 4 chunks,
-      4 warps, 16 rows per step up to 2 rows of ``dy`` and 8 above (the accumulators are 8
-      tiles per row of ``dy``).
+      ``num_warps``, ``prefetch``; ``decode`` must be ``"shfl"``. Default:
+      :func:`default_config`.
     interpret: run in the Pallas interpreter (jnp decode instead of PTX).
 
   Returns:
@@ -149,23 +139,26 @@ def gemv_t_4bit_triton(
   if m > MAX_GEMV_ROWS:
     raise ValueError(f"The transposed GEMV handles at most {MAX_GEMV_ROWS} rows of `dy`, "
                      f"got M={m}.")
-  if config is None:
-    config = LutConfig(kind="gemv", block_n=16 if m <= 2 else 8, chunks=4)
-  config = fit_config(config, n, k, fmt)
+  config = fit_config(config or default_config(m), n, k, fmt)
   if config.decode != "shfl":
     raise ValueError(f"The transposed GEMV decodes with warp shuffles: `config.decode` must "
                      f"be 'shfl', got {config.decode!r}.")
   nc = k // (2 * scales_lib.chunk_bytes(fmt.blocksize))
   slices = nc // config.chunks
   tiles = -(-n // config.block_n)
-  splits = config.groups or max(1, min(tiles, -(-TARGET_PROGRAMS // slices)))
+  splits = row_splits(config.groups, tiles, slices)
   steps = -(-tiles // splits)
-  words = jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.uint32)
   table = lut_decode.table_operand(fmt.lut, "shfl", jnp.float16)
-  out = _launch(dy, table, words, *scales_lib.scale_operands(w, fmt), fmt=fmt,
+  out = _launch(dy, table, w.words(), *scales_lib.scale_operands(w, fmt), fmt=fmt,
                 config=config, slices=slices, splits=splits, steps=steps,
                 interpret=interpret)
   return out.sum(axis=0).reshape(m, k).astype(dy.dtype)
+
+
+def default_config(m: int) -> LutConfig:
+  """4 chunks, 4 warps, 16 rows per step up to 2 rows of ``dy`` and 8 above (the
+  accumulators are 8 tiles per row of ``dy``)."""
+  return LutConfig(kind="gemv", block_n=16 if m <= 2 else 8, chunks=4)
 
 
 def fit_config(config: LutConfig, n: int, k: int, fmt: WeightFormat) -> LutConfig:

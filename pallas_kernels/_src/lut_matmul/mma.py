@@ -199,7 +199,7 @@ def mma_4bit_group_triton(
   table = lut_decode.table_operand(fmt.lut, config.decode, x.dtype)
   args = [x, table]
   for w, n, b, has_bias in zip(ws, ns, biases, biased):
-    args.append(jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.uint32))
+    args.append(w.words())
     args += scales_lib.scale_operands(w, fmt)
     if has_bias:
       args.append(b.astype(jnp.float32))

@@ -27,10 +27,11 @@ from jax.experimental.pallas import triton as plgpu
 from pallas_kernels._src import common
 from pallas_kernels._src import lut_decode
 from pallas_kernels._src.lut_matmul import scales as scales_lib
-from pallas_kernels._src.lut_matmul.config import LutConfig, TARGET_PROGRAMS
+from pallas_kernels._src.lut_matmul.config import LutConfig, row_splits
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_operands
 
 _MATMUL = (((1,), (0,)), ((), ()))  # [BM, BN] x [BN, C] -> [BM, C]
+DEFAULT_CONFIG = LutConfig(kind="mma", block_m=64, block_n=64, chunks=2)
 
 
 def _mma_t_kernel(dy_ref, table_ref, data_ref, *refs, fmt, cfg, m, n, nkb, splits, steps,
@@ -63,7 +64,7 @@ def _mma_t_kernel(dy_ref, table_ref, data_ref, *refs, fmt, cfg, m, n, nkb, split
       words.append(common.masked_load(ref, rmask))
     return tuple(words)
 
-  def accumulate(step, accs, words):
+  def accumulate(step, words, accs):
     tile, n0 = tile_rows(step)
     # dy's columns of this tile; columns past N and a repeated tile contribute 0.
     cmask = ((n0 + niota < n) & (tile < tiles))[None, :]
@@ -83,16 +84,7 @@ def _mma_t_kernel(dy_ref, table_ref, data_ref, *refs, fmt, cfg, m, n, nkb, split
     return tuple(out)
 
   zeros = tuple(jnp.zeros((bm, 8 * nw), jnp.float32) for _ in range(t))
-  depth = int(cfg.prefetch)
-  if depth:
-    def body(step, carry):
-      accs, ahead = carry
-      nxt = load(step + depth)  # issued before this step's decode
-      return accumulate(step, accs, ahead[0]), ahead[1:] + (nxt,)
-    accs, _ = jax.lax.fori_loop(
-        0, steps, body, (zeros, tuple(load(jnp.int32(j)) for j in range(depth))))
-  else:
-    accs = jax.lax.fori_loop(0, steps, lambda step, a: accumulate(step, a, load(step)), zeros)
+  accs = common.prefetched_loop(steps, int(cfg.prefetch), load, accumulate, zeros)
   for cc in range(t):
     ref = out_ref.at[s, pl.ds(m0, bm), pl.ds((c * t + cc) * 8 * nw, 8 * nw)]
     common.masked_store(ref, accs[cc], None if mmask is None else mmask[:, None])
@@ -115,8 +107,8 @@ def mma_t_4bit_triton(
     config: an ``"mma"`` config: ``block_m`` rows of ``dy`` per program (>= 16),
       ``block_n`` rows of W per step (>= 16), ``chunks`` chunks per column slice, ``groups``
       programs along N (0: enough for ``TARGET_PROGRAMS``), ``num_warps``, ``prefetch``;
-      ``decode`` must be ``"shfl"``. Default: 64 rows per step, 2 chunks, 4 warps,
-      ``block_m`` the smallest power of two >= M up to 64.
+      ``decode`` must be ``"shfl"``. Default: :data:`DEFAULT_CONFIG` (64 rows of ``dy``
+      and of W per step, 2 chunks, 4 warps).
     interpret: run in the Pallas interpreter (jnp decode instead of PTX).
 
   Returns:
@@ -137,8 +129,7 @@ def mma_t_4bit_triton(
                      f"got {dy.dtype}.")
   m, n = dy.shape
   k = w.shape[1]
-  config = fit_config(config or LutConfig(kind="mma", block_m=64, block_n=64, chunks=2), m, n,
-                      k, fmt)
+  config = fit_config(config or DEFAULT_CONFIG, m, n, k, fmt)
   if config.decode != "shfl":
     raise ValueError(f"The transposed tensor-core kernel decodes with warp shuffles: "
                      f"`config.decode` must be 'shfl', got {config.decode!r}.")
@@ -146,11 +137,10 @@ def mma_t_4bit_triton(
   slices = nc // config.chunks
   mtiles = -(-m // config.block_m)
   tiles = -(-n // config.block_n)
-  splits = config.groups or max(1, min(tiles, -(-TARGET_PROGRAMS // (slices * mtiles))))
+  splits = row_splits(config.groups, tiles, slices * mtiles)
   steps = -(-tiles // splits)
-  words = jax.lax.bitcast_convert_type(w.data.reshape(n, k // 8, 4), jnp.uint32)
   table = lut_decode.table_operand(fmt.lut, "shfl", dy.dtype)
-  out = _launch(dy, table, words, *scales_lib.scale_operands(w, fmt), fmt=fmt,
+  out = _launch(dy, table, w.words(), *scales_lib.scale_operands(w, fmt), fmt=fmt,
                 config=config, mtiles=mtiles, slices=slices, splits=splits, steps=steps,
                 interpret=interpret)
   return out.sum(axis=0).astype(dy.dtype)

@@ -123,7 +123,7 @@ def _partials(x_log, words, scales, table, coded_arrays, *,
   post = config.post_scale and blocksize >= BLOCK
   if post:
     decode_blocks = decode_lib.weight_decoder(tile_k, x_log.dtype, scaled=False)
-    scale_column = [decode_lib.slab_scale_column(t * ROWS) for t in range(sub)]
+    scale_column = [decode_lib.slab_scale_column(t * ROWS) for t in range(sub)] if slab else []
   elif slab:  # one decoder per row tile: each reads its own rows of the slab
     slab_decode = [decode_lib.weight_decoder(tile_k, x_log.dtype, t * ROWS, blocksize)
                    for t in range(sub)]
@@ -343,8 +343,7 @@ def _scaled_partials(x_log: jax.Array, ws: list[PackedWeight], table: jax.Array,
   """The partial sums of one launch (:func:`_partials`) over ``ws``, with the scale path the
   config and the format allow: byte codes decoded in the kernel, a float32 slab, or
   ``[K/64, N]`` scales."""
-  words = [jax.lax.bitcast_convert_type(w.data.reshape(w.shape[0], k // 8, 4), jnp.int32)
-           for w in ws]
+  words = [w.words(jnp.int32) for w in ws]
   if coded_slab_ok(fmt, mp, k, config):  # the kernel decodes the byte codes
     tables, groups, offsets = [], [], []
     for w in ws:

@@ -82,6 +82,12 @@ class PackedWeight(NamedTuple):
     n, nkb, half = self.data.shape
     return n, nkb * half * 2
 
+  def words(self, dtype=jnp.uint32) -> jax.Array:
+    """``data`` viewed as 32-bit words ``[N, K/8]`` of 8 codes each (little-endian), as the
+    register-table kernels read it."""
+    n, k = self.shape
+    return jax.lax.bitcast_convert_type(self.data.reshape(n, k // 8, 4), dtype)
+
 
 def check_weight(w: PackedWeight, fmt: WeightFormat) -> None:
   """Raises a ValueError naming the field that does not fit ``fmt``."""

@@ -1,3 +1,10 @@
+# Run 8, call 4: the Mosaic modules before and after the branch next/offset-operand, same
+# machine, separate processes (docs/benchmarks.md, run 8). Ran as `bash ab_old/ab.sh` from the
+# repository root with ab_old/ holding this script and the three modules as they were at
+# 0e204eb (not kept here: they are in git). To run it again:
+#   mkdir -p ab_old && cp docs/measurements/run8_2026-12-07/ab_old/ab.sh ab_old/ &&
+#   for f in wgmma.py wgmma_decode.py wgmma_layout.py; do
+#     git show 0e204eb:pallas_kernels/_src/lut_matmul/$f > ab_old/$f; done
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/flax*.whl
 export PYTHONPATH=/tmp/site
 rm -rf /tmp/old && mkdir /tmp/old && cp -r jaxfp4 pallas_kernels tools pyproject.toml /tmp/old/ && cp ab_old/*.py /tmp/old/pallas_kernels/_src/lut_matmul/
