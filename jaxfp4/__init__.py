@@ -21,6 +21,7 @@ from jaxfp4._src.quantize import dequantize_nf4 as dequantize_nf4
 from jaxfp4._src.quantize import quantize_4bit as quantize_4bit
 from jaxfp4._src.quantize import quantize_fp4 as quantize_fp4
 from jaxfp4._src.quantize import quantize_nf4 as quantize_nf4
+from jaxfp4._src.repack import repack_4bit as repack_4bit
 from jaxfp4._src.state import NestedState as NestedState
 from jaxfp4._src.state import QuantState as QuantState
 from jaxfp4._src.version import __version__ as __version__
@@ -76,6 +77,7 @@ __all__ = (
     "quantize_4bit_with_outliers",
     "quantize_fp4",
     "quantize_nf4",
+    "repack_4bit",
     "quantize_pretrained",
     "search_clip",
     "select_outlier_columns",

@@ -5,7 +5,7 @@
 collects calibration inputs for its outlier columns; ``calibrate`` scores each
 layer's candidate formats for ``jaxfp4.plan_precision`` and
 ``quantize_model(plan=...)``), ``merge_lora`` folds trained adapters back into
-the 4-bit weights; ``save_adapters``/``load_adapters`` move adapters to and
+the 4-bit weights; ``repack_model`` puts them in the Mosaic GPU kernel's K order; ``save_adapters``/``load_adapters`` move adapters to and
 from PEFT's format.
 """
 
@@ -21,6 +21,7 @@ from jaxfp4._src.flax.nnx_dense import QuantizedWeight as QuantizedWeight
 from jaxfp4._src.flax.nnx_dense import add_lora as add_lora
 from jaxfp4._src.flax.nnx_dense import apply_shared_input as apply_shared_input
 from jaxfp4._src.flax.nnx_dense import merge_lora as merge_lora
+from jaxfp4._src.flax.nnx_dense import repack_model as repack_model
 from jaxfp4._src.flax.nnx_dense import target_matcher as target_matcher
 from jaxfp4._src.flax.peft import load_adapters as load_adapters
 from jaxfp4._src.flax.peft import save_adapters as save_adapters
@@ -30,4 +31,4 @@ from jaxfp4._src.flax.quantize_model import quantize_model as quantize_model
 from jaxfp4._src.flax.quantize_model import record_linear_inputs as record_linear_inputs
 
 __all__ = ("Dense4bit", "FP4Dense", "convert_to_fp4", "add_lora", "apply_shared_input", "LayerReport", "QuantizeReport", "QuantizedWeight", "calibrate", "load_adapters", "merge_lora", "quantize_model",
-           "record_linear_inputs", "save_adapters", "target_matcher")
+           "record_linear_inputs", "repack_model", "save_adapters", "target_matcher")

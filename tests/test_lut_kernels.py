@@ -29,7 +29,7 @@ from pallas_kernels._src.lut_matmul import api as lut_api
 from pallas_kernels._src.lut_matmul import config as lut_config
 from pallas_kernels._src.matmul_4bit.reference import decode_scales_reference
 from tests.conftest import on_gpu
-from tests.test_matmul_kernels import check_close, make_weight
+from tests.test_matmul_kernels import check_close, make_weight, repacked
 
 INTERPRET = not on_gpu()
 LUTS = {"nf4": tuple(formats.NF4_CODE.tolist()), "fp4": tuple(formats.FP4_DECODE.tolist()),
@@ -61,16 +61,16 @@ def kernel_weight(w, fmt, kind: str, decode: str, dtype) -> np.ndarray:
 
 CASES = [  # n, k, m, blocksize, encoding, dtype, config
     (64, 1024, 1, 64, "float", "bfloat16", LutConfig(kind="gemv", block_n=16, chunks=4)),
-    (40, 1024, 3, 128, "nested", "float16", LutConfig(kind="gemv", block_n=16, chunks=2,
-                                                      groups=2, prefetch=2)),
+    (40, 1024, 3, 128, "nested/wgmma", "float16", LutConfig(kind="gemv", block_n=16, chunks=2,
+                                                            groups=2, prefetch=2)),
     (48, 256, 2, 32, "byte", "float32", LutConfig(kind="gemv", block_n=16, chunks=4,
                                                   prefetch=False)),
     (24, 256, 4, 16, "float*", "bfloat16", LutConfig(kind="gemv", block_n=8, chunks=4)),
     (32, 512, 1, 64, "float", "float16", LutConfig(kind="gemv", block_n=16, chunks=2,
                                                    decode="prmt")),
     (64, 512, 1, 64, "float", "bfloat16", LutConfig(kind="mma", block_n=32, chunks=2)),
-    (40, 1024, 19, 128, "nested", "float16", LutConfig(kind="mma", block_n=16, chunks=2,
-                                                       split_k=2, prefetch=2)),
+    (40, 1024, 19, 128, "nested/wgmma", "float16", LutConfig(kind="mma", block_n=16, chunks=2,
+                                                             split_k=2, prefetch=2)),
     (48, 256, 5, 32, "byte", "bfloat16", LutConfig(kind="mma", block_n=16, chunks=2,
                                                    prefetch=False)),
     (24, 256, 33, 16, "float*", "float16", LutConfig(kind="mma", block_n=16, block_m=32,
@@ -83,6 +83,7 @@ CASES = [  # n, k, m, blocksize, encoding, dtype, config
 @pytest.mark.parametrize("n,k,m,bs,encoding,dtype,config", CASES,
                          ids=[f"{c[6].kind}-{c[6].decode}-{c[4]}-bs{c[3]}-m{c[2]}" for c in CASES])
 def test_kernel_and_reference_meet_the_exact_product(n, k, m, bs, encoding, dtype, config):
+  encoding, _, layout = encoding.partition("/")
   w, fmt = make_weight(n, k, bs, encoding, seed=n + k + m)
   if config.decode == "prmt":  # a table the 16-bit type holds exactly, so the bound is tight
     t16 = jnp.float16 if config.kind == "gemv" else jnp.dtype(dtype)
@@ -91,6 +92,8 @@ def test_kernel_and_reference_meet_the_exact_product(n, k, m, bs, encoding, dtyp
   x = jnp.asarray(rng.standard_normal((m, k)), jnp.dtype(dtype))
   bias = jnp.asarray(rng.standard_normal(n), jnp.float32)
   wk = kernel_weight(w, fmt, config.kind, config.decode, jnp.dtype(dtype))
+  if layout:  # the bytes in the Mosaic decoder's K order: the same product of the same weight
+    w, fmt = repacked(w, fmt)
   if config.decode == "shfl":  # the reference states the default decode's contract
     ref = pallas_kernels.lut_matmul_reference(x, w, fmt=fmt, kind=config.kind, bias=bias)
     check_close(ref, x, wk, dtype, False, bias)
@@ -262,8 +265,8 @@ def test_call_sites_of_one_triton_kernel_share_one_lowered_kernel(kind, m):
 
 GEMV_T_CASES = [  # n, k, m, blocksize, encoding, dtype, config (None: the default)
     (64, 512, 1, 64, "float", "bfloat16", None),
-    (40, 512, 2, 128, "nested", "float16", LutConfig(kind="gemv", block_n=16, chunks=2,
-                                                     groups=2, prefetch=2)),
+    (40, 512, 2, 128, "nested/wgmma", "float16", LutConfig(kind="gemv", block_n=16, chunks=2,
+                                                           groups=2, prefetch=2)),
     (50, 256, 2, 32, "byte", "float32", LutConfig(kind="gemv", block_n=8, chunks=4,
                                                   prefetch=False)),
     (24, 128, 8, 16, "float*", "bfloat16", LutConfig(kind="gemv", block_n=8, chunks=4,
@@ -277,9 +280,12 @@ def test_transposed_gemv_and_reference_meet_the_exact_product(n, k, m, bs, encod
                                                                config):
   """``dy @ W`` with the float32 weight (the GEMV's contract), over the rows of W: rows past
   a whole tile (40, 50, 24 rows), repeated tiles of the last split, every scale encoding."""
+  encoding, _, layout = encoding.partition("/")
   w, fmt = make_weight(n, k, bs, encoding, seed=n + k + m)
   dy = jnp.asarray(np.random.default_rng(m).standard_normal((m, n)), jnp.dtype(dtype))
   wk = exact_weight(w, fmt)
+  if layout:  # columns of dy @ W come out of the kernel in the stored order: reordered
+    w, fmt = repacked(w, fmt)
   check_close(pallas_kernels.gemv_t_reference(dy, w, fmt=fmt), dy, wk, dtype, True)
   got = pallas_kernels.gemv_t_4bit_triton(dy, w, fmt=fmt, config=config, interpret=INTERPRET)
   assert got.dtype == jnp.dtype(dtype) and got.shape == (m, k)
@@ -287,7 +293,7 @@ def test_transposed_gemv_and_reference_meet_the_exact_product(n, k, m, bs, encod
 
 
 MMA_T_CASES = [  # n, k, m, blocksize, encoding, dtype, config (None: the default)
-    (64, 256, 16, 64, "float", "bfloat16", None),
+    (64, 256, 16, 64, "float/wgmma", "bfloat16", None),
     (40, 512, 19, 128, "nested", "float16", LutConfig(kind="mma", block_n=16, chunks=2,
                                                       groups=2, prefetch=2)),
     (50, 256, 33, 32, "byte", "bfloat16", LutConfig(kind="mma", block_m=16, block_n=16,
@@ -303,9 +309,12 @@ def test_transposed_tensor_core_kernel_meets_the_exact_product(n, k, m, bs, enco
   """``dy @ W`` with the weight rounded once to ``dy``'s type (the tensor-core contract):
   rows of W past a whole step, rows of dy past a whole tile (19, 33, 5), repeated tiles of
   the last split, every scale encoding."""
+  encoding, _, layout = encoding.partition("/")
   w, fmt = make_weight(n, k, bs, encoding, seed=n + k + m)
   dy = jnp.asarray(np.random.default_rng(m).standard_normal((m, n)), jnp.dtype(dtype))
   wk = kernel_weight(w, fmt, "mma", "shfl", jnp.dtype(dtype))
+  if layout:
+    w, fmt = repacked(w, fmt)
   check_close(pallas_kernels.matmul_4bit_reference(dy, w, fmt=fmt, transpose=True), dy, wk,
               dtype, True)
   got = pallas_kernels.mma_t_4bit_triton(dy, w, fmt=fmt, config=config, interpret=INTERPRET)

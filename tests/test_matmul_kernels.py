@@ -11,6 +11,8 @@ missed mask or an unwritten output.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ import pytest
 import pallas_kernels
 from pallas_kernels import MatmulConfig, PackedWeight, WeightFormat
 from pallas_kernels._src.matmul_4bit import config as mcfg
+from pallas_kernels._src.matmul_4bit import layout as k_order
 from tests.conftest import on_gpu
 
 INTERPRET = not on_gpu()
@@ -44,6 +47,13 @@ def make_weight(n, k, bs, encoding, seed):
   offset = jnp.asarray([1.25], jnp.float32)
   return (PackedWeight(data, codes, table, group, offset),
           WeightFormat(lut=lut, blocksize=bs, scale_kind="byte", nested_blocksize=256))
+
+
+def repacked(w, fmt):
+  """The same weight with its bytes in the Mosaic decoder's K order (``layout="wgmma"``)."""
+  n, k = w.shape
+  data = k_order.repack_bytes(w.data.reshape(n, k // 2), source="bnb", target="wgmma")
+  return w._replace(data=data.reshape(w.data.shape)), dataclasses.replace(fmt, layout="wgmma")
 
 
 def check_close(got, x, w_decoded, dtype, transpose, bias=None):

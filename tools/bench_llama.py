@@ -5,6 +5,7 @@ Random weights from ``LlamaConfig.llama_1b()`` (Llama-3.2-1B's shapes) or
 
   python tools/bench_llama.py --json OUT.json
   python tools/bench_llama.py --config llama_8b --variants bf16,nf4_dq --routes default --skip-qlora
+  python tools/bench_llama.py --config llama_8b --variants nf4_dq,nf4_dq_wgmma --routes default --skip-qlora
 
 Decode: prefill a random prompt, then time the jitted decode loop alone
 (median of ``--repeats``); tokens/s = batch * decoded tokens / seconds. The
@@ -65,11 +66,20 @@ def call_projections_one_by_one() -> None:
   decoder_layers.apply_shared_input = lambda layers, x: tuple(layer(x) for layer in layers)
 
 
+VARIANTS = ("bf16", "nf4", "nf4_dq", "nf4_wgmma", "nf4_dq_wgmma")
+
+
 def build(cfg, variant: str, rngs_seed: int = 0):
+  """``variant``: bf16, or NF4 (``_dq``: double-quantized; ``_wgmma``: the bytes repacked
+  into the Mosaic decoder's K order at load time, ``jaxfp4.nnx.repack_model``)."""
+  if variant not in VARIANTS:
+    raise ValueError(f"--variants takes {VARIANTS}, got {variant!r}.")
   model = llama.LlamaForCausalLM(cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(rngs_seed))
   if variant != "bf16":
-    jaxfp4.nnx.quantize_model(model, quant_type="nf4", compress_statistics=variant == "nf4_dq",
-                              skip="lm_head")
+    jaxfp4.nnx.quantize_model(model, quant_type="nf4",
+                              compress_statistics=variant.startswith("nf4_dq"), skip="lm_head")
+  if variant.endswith("_wgmma"):
+    jaxfp4.nnx.repack_model(model, layout="wgmma")
   return model
 
 
@@ -138,7 +148,8 @@ def main() -> None:
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--seq", type=int, default=2048)
   p.add_argument("--rank", type=int, default=16)
-  p.add_argument("--variants", default="bf16,nf4,nf4_dq")
+  p.add_argument("--variants", default="bf16,nf4,nf4_dq",
+                 help=f"comma-separated, of {', '.join(VARIANTS)}")
   p.add_argument("--routes", default="default,pallas", help="implementations to time for 4-bit decode")
   p.add_argument("--skip-qlora", action="store_true")
   p.add_argument("--skip-decode", action="store_true")

@@ -10,6 +10,7 @@ spills, and the instruction mix of each loop body.
   python tools/offline_sass.py gemv --m 1 --config block_n=16,chunks=16,num_warps=4
   python tools/offline_sass.py mma --shape 8192x8192 --m 16 --config block_n=64,chunks=2,split_k=4
   python tools/offline_sass.py gemv_t --m 4 --config block_n=8,chunks=4,prefetch=2
+  python tools/offline_sass.py gemv --m 1 --layout wgmma --config block_n=16,chunks=16
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ def main(argv=None) -> int:
   p.add_argument("--shape", default="8192x8192", help="N x K")
   p.add_argument("--m", type=int, default=1)
   p.add_argument("--blocksize", type=int, default=64)
+  p.add_argument("--layout", default="bnb", choices=("bnb", "wgmma"),
+                 help="the weight's K order (WeightFormat.layout)")
   p.add_argument("--config", default="", help="LutConfig fields, e.g. block_n=16,chunks=16")
   p.add_argument("--group", default="",
                  help="row counts of a weight group sharing x (e.g. 4096,1024,1024): compile "
@@ -112,7 +115,7 @@ def main(argv=None) -> int:
   bs = args.blocksize
   kw = {key: (val if key == "decode" else int(val))
         for key, val in (item.split("=") for item in args.config.split(",") if item)}
-  fmt = WeightFormat(lut=tuple(formats.NF4_CODE.tolist()), blocksize=bs)
+  fmt = WeightFormat(lut=tuple(formats.NF4_CODE.tolist()), blocksize=bs, layout=args.layout)
   w = PackedWeight(jax.ShapeDtypeStruct((n, k // bs, bs // 2), jnp.uint8),
                    jax.ShapeDtypeStruct((n, k // bs), jnp.float32))
   if args.kind in ("gemv_t", "mma_t"):

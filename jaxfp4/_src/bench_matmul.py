@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jaxfp4._src import formats
 from jaxfp4._src import matmul as matmul_lib
 from jaxfp4._src import product as product_lib
+from jaxfp4._src import repack
 from jaxfp4._src import quantize as q
 from jaxfp4._src.bench import copy_bandwidths, time_call
 
@@ -178,6 +179,7 @@ def run(shapes, ms, *, quant_type="nf4", formats_shape=None, format_ms=(), forma
       wb = weight_bytes(n, k, qt, nested)
       ws = _copies((packed, state), max(2, min(16, math.ceil(_ROTATE_BYTES / wb))))
       main = (qt, nested) == (quant_type, False)
+      repacked = None  # ws in layout "wgmma", made on first use
       for m in qms:
         x = jax.random.normal(jax.random.key(m), (m, k), jnp.bfloat16)
         dy = jax.random.normal(jax.random.key(m + 1), (m, n), jnp.bfloat16)
@@ -214,6 +216,12 @@ def run(shapes, ms, *, quant_type="nf4", formats_shape=None, format_ms=(), forma
               add(shape, m, tag, "matmul_4bit bwd", _time_rotating(_bwd, dy, ws, quick), wb, tb16)
         if mosaic:  # the Triton tensor-core kernel it replaced, for comparison
           add(shape, m, tag, "mma: Triton", _safe_time(_triton_mma, x, ws, quick), wb, t16)
+        if on_gpu and fwd_route in ("gemv", "mma") and repack.can_repack(state, "wgmma"):
+          # the same weights repacked into the Mosaic decoder's K order (no permutation of x)
+          if repacked is None:
+            repacked = [repack.repack_4bit(p, s, layout="wgmma") for p, s in ws]
+          add(shape, m, tag, "matmul_4bit [layout wgmma]",
+              _safe_time(_fwd, x, repacked, quick), wb, t16)
         if main and on_gpu and backward and m <= 256:
           # The transposed kernels beside the input gradient's route, while the dispatch
           # takes them only where their limits are recorded.

@@ -19,6 +19,7 @@ from jaxfp4._src.state import QuantState
 import pallas_kernels
 from pallas_kernels._src import common as kernel_common
 from pallas_kernels._src.lut_matmul import api as lut_api
+from pallas_kernels._src.matmul_4bit import layout as k_order
 from pallas_kernels._src.matmul_4bit import config as matmul_config
 
 IMPLEMENTATIONS = (None, "xla", "pallas")
@@ -32,12 +33,15 @@ def kernel_format(state: QuantState) -> pallas_kernels.WeightFormat:
   bs = state.blocksize
   mult = float(np.float32(1.0 / formats.E2M1_MAX)) if fmt.name == "e2m1" else 1.0
   if fmt.scale_kind in ("e8m0", "e4m3"):
-    return pallas_kernels.WeightFormat(lut=lut, blocksize=bs, scale_kind="byte")
+    return pallas_kernels.WeightFormat(lut=lut, blocksize=bs, scale_kind="byte",
+                                       layout=state.layout)
   if state.state2 is not None:
     return pallas_kernels.WeightFormat(lut=lut, blocksize=bs, scale_kind="byte",
                                        scale_multiplier=mult,
-                                       nested_blocksize=state.state2.blocksize)
-  return pallas_kernels.WeightFormat(lut=lut, blocksize=bs, scale_multiplier=mult)
+                                       nested_blocksize=state.state2.blocksize,
+                                       layout=state.layout)
+  return pallas_kernels.WeightFormat(lut=lut, blocksize=bs, scale_multiplier=mult,
+                                     layout=state.layout)
 
 
 def kernel_weight(data: jax.Array, state: QuantState
@@ -45,19 +49,16 @@ def kernel_weight(data: jax.Array, state: QuantState
   """The packed weight in the kernels' layout (``K % blocksize == 0``)."""
   n, k = state.shape
   bs = state.blocksize
-  fmt = state.format
   nkb = k // bs
   data = data.reshape(n, nkb, bs // 2)
-  lut = tuple(fmt.decode_lut)
-  mult = float(np.float32(1.0 / formats.E2M1_MAX)) if fmt.name == "e2m1" else 1.0
-  if fmt.scale_kind in ("e8m0", "e4m3"):
+  fmt = kernel_format(state)
+  if state.format.scale_kind in ("e8m0", "e4m3"):
     # Every possible byte decoded once; the per-tensor nvfp4 scale is folded in.
     every_byte = jax.lax.bitcast_convert_type(jnp.arange(256, dtype=jnp.uint8),
                                               state.absmax.dtype)
     table = quantize_lib.decode_scale_bytes(every_byte, state)
     raw = jax.lax.bitcast_convert_type(state.absmax, jnp.uint8).reshape(n, nkb)
-    return (pallas_kernels.PackedWeight(data, raw, table),
-            pallas_kernels.WeightFormat(lut=lut, blocksize=bs, scale_kind="byte"))
+    return pallas_kernels.PackedWeight(data, raw, table), fmt
   if state.state2 is not None:
     assert state.offset is not None  # QuantState.validate: a nested state has its offset
     # The group scales go in as stored: a padded copy would cost a launch per
@@ -66,11 +67,8 @@ def kernel_weight(data: jax.Array, state: QuantState
     w = pallas_kernels.PackedWeight(data, state.absmax.reshape(n, nkb), table,
                                     state.state2.absmax.astype(jnp.float32),
                                     jnp.reshape(state.offset, (1,)).astype(jnp.float32))
-    return w, pallas_kernels.WeightFormat(lut=lut, blocksize=bs, scale_kind="byte",
-                                          scale_multiplier=mult,
-                                          nested_blocksize=state.state2.blocksize)
-  return (pallas_kernels.PackedWeight(data, state.absmax.reshape(n, nkb)),
-          pallas_kernels.WeightFormat(lut=lut, blocksize=bs, scale_multiplier=mult))
+    return w, fmt
+  return pallas_kernels.PackedWeight(data, state.absmax.reshape(n, nkb)), fmt
 
 
 def fused_ok(state: QuantState, dtype) -> bool:
@@ -131,7 +129,8 @@ def transposed_product(kind: str, dy, data, state: QuantState) -> jax.Array:
 
 
 def decoded_weight(data, state: QuantState, dtype, use_kernel: bool) -> jax.Array:
-  """``W[N, K]`` in ``dtype``: float32 ``lut * scale`` rounded once."""
+  """``W[N, K]`` in ``dtype``: float32 ``lut * scale`` rounded once, its columns in the
+  bytes' stored K order (``state.layout``)."""
   return pallas_kernels.dequantize_blocks(
       data, quantize_lib.block_scales(state), lut=tuple(state.format.decode_lut),
       numel=state.numel, blocksize=state.blocksize, out_dtype=dtype,
@@ -154,7 +153,12 @@ def product(x, data, state, bias, implementation, transpose: bool):
   wt = decoded_weight(data, state, x.dtype, use_kernel=route_ == "dequantize")
   dims = (((1,), (0,)), ((), ())) if transpose else (((1,), (1,)), ((), ()))
   prec = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
-  acc = jax.lax.dot_general(x, wt, dims, precision=prec, preferred_element_type=jnp.float32)
+  if transpose:  # dy @ W_stored has its columns in the stored order
+    acc = jax.lax.dot_general(x, wt, dims, precision=prec, preferred_element_type=jnp.float32)
+    acc = k_order.to_real_order(acc, state.layout)
+  else:  # the activations meet the weight in its stored order (cheaper than moving W)
+    acc = jax.lax.dot_general(k_order.to_stored_order(x, state.layout), wt, dims,
+                              precision=prec, preferred_element_type=jnp.float32)
   if bias is not None:
     acc = acc + bias.astype(jnp.float32)[None, :]
   return acc.astype(x.dtype)

@@ -26,6 +26,7 @@ from jaxfp4._src import packing
 from jaxfp4._src import rounding as rounding_lib
 from jaxfp4._src.state import NestedState, QuantState
 import pallas_kernels
+from pallas_kernels._src.matmul_4bit import layout as k_order
 
 logger = logging.getLogger("jaxfp4")
 
@@ -248,7 +249,8 @@ def dequantize_4bit(
   """Decodes packed 4-bit data back to ``state.dtype`` and ``state.shape``.
 
   Bitwise equal to bitsandbytes' CUDA ``dequantize_4bit`` for nf4/fp4
-  (``float32(table[nibble] * absmax)`` rounded to the output dtype).
+  (``float32(table[nibble] * absmax)`` rounded to the output dtype), in the real K
+  order whatever ``state.layout`` the bytes hold.
 
   Args:
     packed: bytes from :func:`quantize_4bit` (any ``quant_storage``).
@@ -272,9 +274,11 @@ def dequantize_4bit(
     return jnp.zeros(state.shape, state.dtype)
   scales = block_scales(state)
   lut = tuple(state.format.decode_lut)
-  return pallas_kernels.dequantize_blocks(
+  w = pallas_kernels.dequantize_blocks(
       data, scales, lut=lut, numel=n, blocksize=bs, out_dtype=jnp.dtype(state.dtype),
       implementation=implementation).reshape(state.shape)
+  # decoded in the bytes' K order; a "wgmma" weight's columns go back to the real order
+  return k_order.to_real_order(w, state.layout)
 
 
 def _named(quant_type: str, doc_name: str):

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfp4._src import formats
+from pallas_kernels._src.matmul_4bit import layout as k_order
 
 _BNB_PREFIX = "bitsandbytes__"
 _OWN_PREFIX = "jaxfp4__"  # formats bitsandbytes cannot read get their own tag
@@ -106,6 +107,10 @@ class QuantState:
     offset: float32 scalar mean of the absmax when nested, else None.
     state2: :class:`NestedState` when nested, else None.
     global_scale: float32 per-tensor decode scale (nvfp4), else None.
+    layout: the K order the packed bytes hold: ``"bnb"`` (bitsandbytes', the storage
+      and checkpoint format) or ``"wgmma"`` (within each 64-weight block, the Mosaic
+      GPU decoder's order, 2-D weights with blocks of 64 and more;
+      :func:`jaxfp4.repack_4bit` converts, writers convert back).
   """
 
   absmax: jax.Array
@@ -117,6 +122,7 @@ class QuantState:
   offset: jax.Array | None = None
   state2: NestedState | None = None
   global_scale: jax.Array | None = None
+  layout: str = _static(default="bnb")
 
   def __post_init__(self):
     self.check_values()
@@ -212,6 +218,10 @@ class QuantState:
     """Checks that leaves agree with the metadata; raises ValueError if not."""
     fmt = formats.get_format(self.quant_type)
     formats.resolve_blocksize(fmt, self.blocksize)
+    if self.layout != "bnb" and len(self.shape) != 2:
+      raise ValueError(f"QuantState layout={self.layout!r} is for 2-D weights [N, K], got "
+                       f"shape {self.shape}.")
+    k_order.check_layout(self.layout, self.blocksize, self.shape[-1] if self.shape else None)
     if jnp.dtype(self.dtype).name not in formats.INPUT_DTYPES:
       raise ValueError(f"QuantState `dtype` must be one of {formats.INPUT_DTYPES}, got {self.dtype}.")
     nb = self.num_blocks
@@ -255,6 +265,10 @@ class QuantState:
     Returns:
       A dict of NumPy arrays (and, when ``packed=False``, Python values).
     """
+    if self.layout != "bnb":
+      raise ValueError(f"This state's bytes are in layout={self.layout!r}, which bitsandbytes "
+                       "cannot read; convert with jaxfp4.repack_4bit(packed, state, "
+                       "layout='bnb') and write that (jaxfp4's writers do it themselves).")
     fmt = self.format
     d: dict[str, Any] = {
         "quant_type": self.quant_type,

@@ -10,7 +10,7 @@ D=docs/measurements/run9_next
 L=${LIMIT:-585}; left() { echo $(( L - SECONDS )); }
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | tee $OUT/gpu_b.txt; date
 XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 160 python3 -m pytest -q -n 4 -p no:benchmark \
-  -p no:cacheprovider tests/test_wgmma_kernel.py tests/test_lut_kernels.py > $OUT/pytest_b.txt 2>&1
+  -p no:cacheprovider tests/test_wgmma_kernel.py tests/test_lut_kernels.py tests/test_kernel_layout.py > $OUT/pytest_b.txt 2>&1
 echo pytest rc $?; tail -2 $OUT/pytest_b.txt; grep -E "^FAILED" $OUT/pytest_b.txt | cut -c1-150 | head; date
 S='"slab": true, "late_slab": true, "reduce": true'
 W="{$S};{$S, \"post_scale\": true};{$S, \"split_k\": 8, \"steps\": 3};{$S, \"split_k\": 8, \"steps\": 3, \"post_scale\": true}"

@@ -20,6 +20,7 @@ from jaxfp4._src.matmul import matmul_4bit
 from jaxfp4._src.matmul_group import matmul_4bit_group
 from jaxfp4._src.outlier_columns import OutlierColumns, dequantize_4bit_with_outliers, quantize_4bit_with_outliers
 from jaxfp4._src.quantize import dequantize_4bit, quantize_4bit
+from jaxfp4._src.repack import repack_4bit
 from jaxfp4._src.state import QuantState
 
 
@@ -169,12 +170,17 @@ def merged_weight(packed: jax.Array, state: QuantState, lora_a, lora_b, lora_sca
 
 def requantize_like(w: jax.Array, state: QuantState, packed: jax.Array,
                     outliers: OutlierColumns | None = None):
-  """Quantizes ``w`` with the same format, block size, nesting, storage (and kept columns)."""
+  """Quantizes ``w`` with the same format, block size, nesting, storage, K order (and kept
+  columns)."""
   w = w.astype(state.dtype)
   opts: dict[str, Any] = dict(quant_type=state.quant_type, blocksize=state.blocksize,
                               compress_statistics=state.nested, quant_storage=packed.dtype)
-  if outliers is None:
-    return (*quantize_4bit(w, **opts), None)
-  kept = OutlierColumns(index=outliers.index, values=w[:, outliers.index].astype(outliers.values.dtype))
-  packed, state = quantize_4bit(w.at[:, outliers.index].set(jnp.zeros((), w.dtype)), **opts)
-  return packed, state, kept
+  kept = None
+  if outliers is not None:
+    kept = OutlierColumns(index=outliers.index,
+                          values=w[:, outliers.index].astype(outliers.values.dtype))
+    w = w.at[:, outliers.index].set(jnp.zeros((), w.dtype))
+  new_packed, new_state = quantize_4bit(w, **opts)
+  if state.layout != "bnb":
+    new_packed, new_state = repack_4bit(new_packed, new_state, layout=state.layout)
+  return new_packed, new_state, kept

@@ -187,7 +187,7 @@ def hf_tensors(model: nnx.Module, *, denest: bool = False) -> Iterator[tuple[str
                        "checkpoints cannot hold; save it with jaxfp4.io.save_model.")
     if kind == "state":
       value = layout.denest(value) if denest else value
-      yield from ((k, v) for k, v in checkpoint.tensor_group_4bit(key, np.zeros(0), value) if k != key)
+      yield from checkpoint.state_tensors(key, value)
     elif kind == "packed":
       yield key, saved_packed(value, states.get(key))
     elif kind == "kernel":

@@ -82,8 +82,7 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *,
     for kind, key, var in progress_bar(entries.values(), enabled=progress, desc="save", unit="var"):
       value = var.get_value()
       if kind == "state":
-        yield from ((k, v) for k, v in checkpoint.tensor_group_4bit(key, np.zeros(0), value)
-                    if k != key)
+        yield from checkpoint.state_tensors(key, value)
       elif kind == "outliers":
         yield key + ".index", np.asarray(jax.device_get(value.index))
         yield key + ".values", np.asarray(jax.device_get(value.values))

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxfp4._src import repack as repack_lib
 from jaxfp4._src.flax import dense
 from jaxfp4._src.outlier_columns import check_outliers
 
@@ -293,6 +294,49 @@ def merge_lora(module: nnx.Module) -> nnx.Module:
       layer.outliers.set_value(outliers)
     layer.set_lora(0)
   return module
+
+
+def repack_model(module: nnx.Module, *, layout: str = "wgmma") -> list[str]:
+  """Rewrites every ``Dense4bit``'s bytes in K order ``layout``, in place (load time).
+
+  ``"wgmma"`` is the Mosaic GPU kernel's own order: its decode steps then run without a
+  permutation of the activations per product (:func:`jaxfp4.repack_4bit`). Layers whose
+  format cannot take it (scale blocks under 64, K not a multiple of 64) keep theirs.
+  Checkpoints written afterwards still hold bitsandbytes' bytes.
+
+  Args:
+    module: any NNX module (the layers are found by graph traversal).
+    layout: ``"wgmma"``, or ``"bnb"`` to undo.
+
+  Returns:
+    The dotted paths of the layers now in ``layout``.
+
+  Example:
+    >>> from flax import nnx
+    >>> import jaxfp4.nnx
+    >>> layer = jaxfp4.nnx.Dense4bit(128, 64, rngs=nnx.Rngs(0))
+    >>> len(jaxfp4.nnx.repack_model(layer))
+    1
+    >>> layer.quant_state.get_value().layout
+    'wgmma'
+  """
+  if not isinstance(module, nnx.Module):
+    raise ValueError(f"`module` must be an nnx.Module, got {type(module).__name__}.")
+  if layout not in repack_lib.LAYOUTS:
+    raise ValueError(f"`layout` must be one of {repack_lib.LAYOUTS}, got {layout!r}.")
+  done, seen = [], set()
+  for path, node in nnx.iter_graph(module):
+    if not isinstance(node, Dense4bit) or id(node) in seen:
+      continue
+    seen.add(id(node))
+    packed, state = node.weight.get_value(), node.quant_state.get_value()
+    if layout != "bnb" and not repack_lib.can_repack(state, layout):
+      continue
+    packed, state = repack_lib.repack_4bit(packed, state, layout=layout)
+    node.weight.set_value(packed)
+    node.quant_state.set_value(state)
+    done.append(".".join(str(p) for p in path))
+  return done
 
 
 def add_lora(

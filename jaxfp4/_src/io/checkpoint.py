@@ -16,10 +16,12 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxfp4._src.io.safetensors import SafetensorsFile
+from jaxfp4._src import repack
 from jaxfp4._src.quantize import check_packed
 from jaxfp4._src.state import QuantState
 
@@ -191,13 +193,23 @@ def tensor_group_4bit(weight: str, packed, state: QuantState) -> Iterator[tuple[
 
   Args:
     weight: the weight's key, e.g. ``"model.layers.0.mlp.up_proj.weight"``.
-    packed: the packed bytes (bitsandbytes layout ``[(n + 1) // 2, 1]``).
+    packed: the packed bytes (bitsandbytes layout ``[(n + 1) // 2, 1]``); bytes in
+      another K order (``state.layout``) are written in bitsandbytes' order.
     state: its quant state.
 
   Yields:
     ``(name, array)`` pairs: ``weight`` itself, then ``weight.<state key>``.
   """
-  yield weight, np.asarray(packed)
+  host, state = repack.bnb_bytes(np.asarray(jax.device_get(packed)), state)
+  yield weight, host
+  yield from state_tensors(weight, state)
+
+
+def state_tensors(weight: str, state: QuantState) -> Iterator[tuple[str, np.ndarray]]:
+  """The ``weight.<state key>`` tensors of :func:`tensor_group_4bit` alone (the bytes are
+  written by the caller, in bitsandbytes' K order whatever ``state.layout`` says)."""
+  if state.layout != "bnb":
+    state = repack.with_layout(state, "bnb")
   for k, v in state.as_dict(packed=True).items():
     yield f"{weight}.{k}", v
 

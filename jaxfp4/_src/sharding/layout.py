@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxfp4._src import double_quant
 from jaxfp4._src import quantize as quantize_lib
+from jaxfp4._src import repack
 from jaxfp4._src.state import QuantState
 
 Axes = str | tuple[str, ...] | None
@@ -298,8 +299,11 @@ def check_placement(name: str, value, want: P, ws: WeightSharding) -> None:
 
 
 def saved_packed(packed, state) -> np.ndarray:
-  """Host bytes of ``packed`` as bitsandbytes stores them: a row view goes back to ``[n / 2, 1]``."""
+  """Host bytes of ``packed`` as bitsandbytes stores them: a row view goes back to ``[n / 2, 1]``,
+  a weight in another K order (``state.layout``) to bitsandbytes' order."""
   host = np.asarray(jax.device_get(packed))
+  if isinstance(state, QuantState):
+    host, _ = repack.bnb_bytes(host, state)
   if isinstance(state, QuantState) and len(state.shape) == 2 and host.dtype == np.uint8 and (
       host.shape == (state.shape[0], state.shape[1] // 2) and host.shape[1] != 1):
     return host.reshape(-1, 1)

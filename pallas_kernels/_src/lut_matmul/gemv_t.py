@@ -36,6 +36,7 @@ from pallas_kernels._src import lut_decode
 from pallas_kernels._src.lut_matmul import scales as scales_lib
 from pallas_kernels._src.lut_matmul.config import LutConfig, MAX_GEMV_ROWS, row_splits
 from pallas_kernels._src.matmul_4bit.reference import decode_weight_reference
+from pallas_kernels._src.matmul_4bit import layout as layout_lib
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_operands
 
 
@@ -152,7 +153,8 @@ def gemv_t_4bit_triton(
   out = _launch(dy, table, w.words(), *scales_lib.scale_operands(w, fmt), fmt=fmt,
                 config=config, slices=slices, splits=splits, steps=steps,
                 interpret=interpret)
-  return out.sum(axis=0).reshape(m, k).astype(dy.dtype)
+  # Columns come out in the weight's stored K order; XLA fuses the reorder with the sum.
+  return layout_lib.to_real_order(out.sum(axis=0).reshape(m, k), fmt.layout).astype(dy.dtype)
 
 
 def default_config(m: int) -> LutConfig:

@@ -28,6 +28,7 @@ from pallas_kernels._src import common
 from pallas_kernels._src import lut_decode
 from pallas_kernels._src.lut_matmul import scales as scales_lib
 from pallas_kernels._src.lut_matmul.config import LutConfig, row_splits
+from pallas_kernels._src.matmul_4bit import layout as layout_lib
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_operands
 
 _MATMUL = (((1,), (0,)), ((), ()))  # [BM, BN] x [BN, C] -> [BM, C]
@@ -143,7 +144,8 @@ def mma_t_4bit_triton(
   out = _launch(dy, table, w.words(), *scales_lib.scale_operands(w, fmt), fmt=fmt,
                 config=config, mtiles=mtiles, slices=slices, splits=splits, steps=steps,
                 interpret=interpret)
-  return out.sum(axis=0).astype(dy.dtype)
+  # Columns come out in the weight's stored K order; XLA fuses the reorder with the sum.
+  return layout_lib.to_real_order(out.sum(axis=0), fmt.layout).astype(dy.dtype)
 
 
 def fit_config(config: LutConfig, m: int, n: int, k: int, fmt: WeightFormat) -> LutConfig:

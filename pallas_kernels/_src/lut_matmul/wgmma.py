@@ -20,7 +20,9 @@ entries sit in the lanes of each half-warp), one multiply applies the block scal
 word order, not in the weight's K order: within each 64-weight block, real index
 ``k`` sits at logical index ``PERMUTATION[k]`` (bitsandbytes' high-nibble-first bytes,
 little-endian words, WGMMA's column pairs). The activations are permuted the same
-way once per product (one small XLA gather), so the product is unchanged (``wgmma_layout``: the permutation, and its derivation from Mosaic's
+way once per product (a reversal and a transpose in XLA), so the product is unchanged, or
+the weight is stored in that order (``WeightFormat(layout="wgmma")``, ``matmul_4bit.layout``)
+and the activations are used as they are (``wgmma_layout``: the permutation, and its derivation from Mosaic's
 own layout description, which a test holds equal to it).
 
 Needs JAX's Mosaic GPU backend and an sm_90 GPU; :func:`available` says whether this
@@ -304,12 +306,14 @@ def wgmma_4bit_group(x: jax.Array, ws: Sequence[PackedWeight], *, fmt: WeightFor
                      configs: WgmmaConfig | Sequence[WgmmaConfig],
                      biases: Sequence[jax.Array | None]) -> tuple[jax.Array, ...]:
   """``x @ W_i.T + bias_i`` for weights that share ``x`` (q/k/v, gate/up), the activations
-  padded and permuted once for all of them: one launch per weight with a sequence of
+  padded and permuted once for all of them (not permuted for ``fmt.layout == "wgmma"``): one launch per weight with a sequence of
   ``configs``, or one launch for the whole group with a single config (:func:`fit_group`:
   each CTA finds its weight by its row tile)."""
   m, k = x.shape
   mp = -(-m // 8) * 8  # wgmma's narrow dimension is a multiple of 8
-  x_log = permute_activations(jnp.pad(x, ((0, mp - m), (0, 0))) if mp != m else x)
+  x_pad = jnp.pad(x, ((0, mp - m), (0, 0))) if mp != m else x
+  # A weight stored in the decoder's own K order (layout "wgmma") takes x as it is.
+  x_log = x_pad if fmt.layout == "wgmma" else permute_activations(x_pad)
   table = jnp.asarray(np.tile(np.asarray(fmt.lut, np.float32), 8))
   if isinstance(configs, WgmmaConfig):
     ns = [w.shape[0] for w in ws]

@@ -14,14 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pallas_kernels._src.matmul_4bit.layout import WGMMA_ORDER
+
 BLOCK = 64  # weights per scale inside the kernel (a bnb block of 64, or a part of a larger one)
 ROWS = 64   # rows of W per warpgroup MMA
-# Real K index -> logical K index within a 64-weight block (see the module docstring).
-PERMUTATION = np.array([
-    1, 0, 9, 8, 17, 16, 25, 24, 33, 32, 41, 40, 49, 48, 57, 56,
-    3, 2, 11, 10, 19, 18, 27, 26, 35, 34, 43, 42, 51, 50, 59, 58,
-    5, 4, 13, 12, 21, 20, 29, 28, 37, 36, 45, 44, 53, 52, 61, 60,
-    7, 6, 15, 14, 23, 22, 31, 30, 39, 38, 47, 46, 55, 54, 63, 62])
+# Stored K index -> logical K index within a 64-weight block (see the module docstring). A
+# weight stored in that order (layout "wgmma", matmul_4bit.layout) decodes in the real order.
+PERMUTATION = WGMMA_ORDER
 
 
 def permute_activations(x: jax.Array) -> jax.Array:

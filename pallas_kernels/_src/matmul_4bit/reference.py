@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels._src import numerics
+from pallas_kernels._src.matmul_4bit import layout as layout_lib
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, combine_scales
 
 
@@ -32,14 +33,15 @@ def decode_scales_reference(w: PackedWeight, fmt: WeightFormat) -> jax.Array:
 
 
 def decode_weight_reference(w: PackedWeight, fmt: WeightFormat, dtype) -> jax.Array:
-  """``W[N, K]`` in ``dtype``."""
+  """``W[N, K]`` in ``dtype``, in the real K order whatever ``fmt.layout`` the bytes hold."""
   n, k = w.shape
   b = w.data.astype(jnp.int32)
   lut = jnp.asarray(fmt.lut, jnp.float32)
   s = decode_scales_reference(w, fmt)[:, :, None]
   hi = numerics.flush_subnormals(lut[b >> 4] * s)
   lo = numerics.flush_subnormals(lut[b & 0xF] * s)
-  return jnp.stack([hi, lo], axis=-1).reshape(n, k).astype(dtype)
+  stored = jnp.stack([hi, lo], axis=-1).reshape(n, k).astype(dtype)
+  return layout_lib.to_real_order(stored, fmt.layout)
 
 
 def precision_for(dtype) -> jax.lax.Precision:

@@ -12,6 +12,7 @@ on store. Scales are decoded in the kernel, including bitsandbytes' nested
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -23,6 +24,7 @@ from jax.experimental.pallas import triton as plgpu
 from pallas_kernels._src import common
 from pallas_kernels._src import numerics
 from pallas_kernels._src.common import masked_load
+from pallas_kernels._src.matmul_4bit import layout as layout_lib
 from pallas_kernels._src.matmul_4bit.config import MAX_GEMV_ROWS, MatmulConfig
 from pallas_kernels._src.matmul_4bit.reference import precision_for
 from pallas_kernels._src.matmul_4bit.weight import (PackedWeight, WeightFormat, check_operands,
@@ -210,9 +212,19 @@ def matmul_4bit_triton(
 ) -> jax.Array:
   """Kernel version of ``matmul_4bit_reference`` (same arguments plus launch config).
 
-  ``config`` must already fit the shape (``config.fit``).
+  ``config`` must already fit the shape (``config.fit``). The kernel decodes the bytes in
+  their stored K order: for ``fmt.layout == "wgmma"`` the activations go in (forward), or
+  the input gradient comes out (``transpose``), reordered by XLA.
   """
   check_operands(x, w, fmt, transpose)
+  if fmt.layout != "bnb":
+    stored = dataclasses.replace(fmt, layout="bnb")
+    if transpose:
+      return layout_lib.to_real_order(
+          matmul_4bit_triton(x, w, fmt=stored, config=config, transpose=True,
+                             interpret=interpret), fmt.layout)
+    return matmul_4bit_triton(layout_lib.to_stored_order(x, fmt.layout), w, fmt=stored,
+                              config=config, bias=bias, interpret=interpret)
   n, k = w.shape
   m = x.shape[0]
   if bias is not None and transpose:

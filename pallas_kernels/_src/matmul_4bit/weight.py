@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels._src import numerics
+from pallas_kernels._src.matmul_4bit import layout as layout_lib
 
 SCALE_KINDS = ("float", "byte")
 
@@ -39,6 +40,8 @@ class WeightFormat:
     nested_blocksize: byte kind: when > 0, the table value is multiplied by
       ``group_scales[block // nested_blocksize]`` (rounded, no FMA) and
       ``offset`` is added: bitsandbytes' double quantization.
+    layout: the K order of the bytes (:mod:`layout`): ``"bnb"`` (bitsandbytes'),
+      or ``"wgmma"`` (the Mosaic decoder's, blocks of 64 and more).
   """
 
   lut: tuple[float, ...]
@@ -46,6 +49,7 @@ class WeightFormat:
   scale_kind: str = "float"
   scale_multiplier: float = 1.0
   nested_blocksize: int = 0
+  layout: str = "bnb"
 
   def __post_init__(self):
     if len(self.lut) != 16:
@@ -57,6 +61,7 @@ class WeightFormat:
       raise ValueError(f"`scale_kind` must be one of {SCALE_KINDS}, got {self.scale_kind!r}.")
     if self.nested_blocksize and self.scale_kind != "byte":
       raise ValueError("`nested_blocksize` needs scale_kind='byte'.")
+    layout_lib.check_layout(self.layout, bs)
 
 
 class PackedWeight(NamedTuple):
