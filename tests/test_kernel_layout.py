@@ -240,3 +240,19 @@ def test_model_repack_save_and_merge():
   assert loaded.a.quant_state.get_value().layout == "bnb"
   jaxfp4.nnx.merge_lora(model)
   assert model.a.quant_state.get_value().layout == "wgmma"  # re-quantized in the same order
+
+
+def test_linen_variables_repack_and_apply_the_same():
+  import jaxfp4.linen
+
+  layer = jaxfp4.linen.Dense4bit(64)
+  x = jax.random.normal(jax.random.key(3), (2, 128))
+  v = layer.init(jax.random.key(0), x)
+  v2 = jaxfp4.linen.repack_variables(v)
+  assert v2["quantized"]["quant_state"].layout == "wgmma"
+  assert v["quantized"]["quant_state"].layout == "bnb"  # pure: the input is untouched
+  np.testing.assert_allclose(np.asarray(layer.apply(v2, x)), np.asarray(layer.apply(v, x)),
+                             rtol=1e-6, atol=1e-6)
+  back = jaxfp4.linen.repack_variables(v2, layout="bnb")
+  np.testing.assert_array_equal(np.asarray(back["quantized"]["weight"]),
+                                np.asarray(v["quantized"]["weight"]))

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxfp4._src import repack as repack_lib
 from jaxfp4._src.flax import dense
 from jaxfp4._src.sharding.layout import shard_4bit
 from jaxfp4._src.state import QuantState
@@ -126,3 +127,38 @@ class Dense4bit(nn.Module):
     if "bias" in params:
       out["params"]["bias"] = params["bias"]
     return out
+
+
+def repack_variables(variables: Mapping[str, Any], *, layout: str = "wgmma") -> dict[str, Any]:
+  """``variables`` with every ``Dense4bit`` weight's bytes in K order ``layout`` (load time).
+
+  The Linen form of :func:`jaxfp4.nnx.repack_model`: each ``{"weight", "quant_state"}``
+  pair of the ``"quantized"`` collection goes through :func:`jaxfp4.repack_4bit`; weights
+  whose format cannot take the order (scale blocks under 64) keep theirs. Pure: returns a
+  new tree.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxfp4.linen
+    >>> layer = jaxfp4.linen.Dense4bit(64)
+    >>> v = layer.init(jax.random.key(0), jnp.ones((1, 128)))
+    >>> v2 = jaxfp4.linen.repack_variables(v)
+    >>> v2["quantized"]["quant_state"].layout
+    'wgmma'
+  """
+  if layout not in repack_lib.LAYOUTS:
+    raise ValueError(f"`layout` must be one of {repack_lib.LAYOUTS}, got {layout!r}.")
+
+  def walk(node):
+    if not isinstance(node, Mapping):
+      return node
+    out = {k: walk(v) for k, v in node.items()}
+    state = out.get("quant_state")
+    if isinstance(state, QuantState) and "weight" in out and (
+        layout == "bnb" or repack_lib.can_repack(state, layout)):
+      out["weight"], out["quant_state"] = repack_lib.repack_4bit(out["weight"], state,
+                                                                 layout=layout)
+    return out
+
+  if QUANTIZED not in variables:
+    raise ValueError(f"`variables` has no {QUANTIZED!r} collection (keys {sorted(variables)}).")
+  return {**variables, QUANTIZED: walk(variables[QUANTIZED])}
