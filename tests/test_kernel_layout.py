@@ -113,7 +113,10 @@ def test_compiled_mosaic_kernel_multiplies_the_original_weight(n, k, m, bs, enco
   bias = jnp.asarray(rng.standard_normal(n), jnp.float32)
   got = pallas_kernels.matmul_lut(x, w2, fmt=fmt2, bias=bias, kind="mma", config=config,
                                   implementation="pallas")
-  check_close(got, x, kernel_weight(w, fmt, "mma", "shfl", jnp.dtype(dtype)), dtype, False,
+  # post_scale's contract is the "prmt" one (16-bit table values, the scale on each block's
+  # float32 sum; test_wgmma_kernel.py): the shfl one failed it by design on an H100 (run 9)
+  contract = "prmt" if config.post_scale else "shfl"
+  check_close(got, x, kernel_weight(w, fmt, "mma", contract, jnp.dtype(dtype)), dtype, False,
               bias)
 
 
@@ -126,8 +129,8 @@ def _quantized(shape=(96, 256), **kw):
 
 
 @pytest.mark.parametrize("quant_type,dq,storage", [("nf4", False, jnp.uint8),
-                                                   ("fp4", True, jnp.float32),
-                                                   ("e2m1", False, jnp.bfloat16)])
+                                                   ("fp4", True, jnp.int32),
+                                                   ("e2m1", False, jnp.uint16)])
 def test_repack_round_trips_bytes_and_keeps_the_weight(quant_type, dq, storage):
   packed, state = _quantized(quant_type=quant_type, compress_statistics=dq,
                              quant_storage=storage)
@@ -154,6 +157,9 @@ def test_repack_refuses_what_the_order_cannot_hold():
     jaxfp4.repack_4bit(packed, state)
   packed, state = _quantized(shape=(64, 96), blocksize=32, quant_type="nf4")
   with pytest.raises(ValueError, match="blocksize of 64"):
+    jaxfp4.repack_4bit(packed, state)
+  packed, state = _quantized(quant_storage=jnp.bfloat16)
+  with pytest.raises(ValueError, match="integer `quant_storage`"):
     jaxfp4.repack_4bit(packed, state)
   packed, state = _quantized()
   with pytest.raises(ValueError, match="`layout`"):

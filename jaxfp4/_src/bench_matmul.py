@@ -216,7 +216,8 @@ def run(shapes, ms, *, quant_type="nf4", formats_shape=None, format_ms=(), forma
               add(shape, m, tag, "matmul_4bit bwd", _time_rotating(_bwd, dy, ws, quick), wb, tb16)
         if mosaic:  # the Triton tensor-core kernel it replaced, for comparison
           add(shape, m, tag, "mma: Triton", _safe_time(_triton_mma, x, ws, quick), wb, t16)
-        if on_gpu and fwd_route in ("gemv", "mma") and repack.can_repack(state, "wgmma"):
+        if (on_gpu and fwd_route in ("gemv", "mma")
+            and repack.can_repack(packed, state, "wgmma")):
           # the same weights repacked into the Mosaic decoder's K order (no permutation of x)
           if repacked is None:
             repacked = [repack.repack_4bit(p, s, layout="wgmma") for p, s in ws]

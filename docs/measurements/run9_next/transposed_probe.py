@@ -66,7 +66,7 @@ for n, k in shapes:
         us, _ = timed(jax.jit(lambda dy, w: jnp.dot(dy, w)), [(dy, w) for w in wb])
         print(f"{name:22s} M={m}  bf16 dy @ W            {us:7.1f} us", flush=True)
       route = jax.jit(lambda dy, d, s: product.product(dy, d, s, None, None, transpose=True))
-      us, out = timed(route, [(dy, d, s) for d, s in qs])
+      us, out = timed(route, [(dy, d.reshape(-1), s) for d, s in qs])  # flat bytes, as product takes
       print(f"{name:22s} M={m}  route ({product.route(m, qs[0][1], dy.dtype, None, True):10s})"
             f" {us:7.1f} us", flush=True)
       small = m <= 8

@@ -2,7 +2,7 @@
 
 The product is bound by reading the weight: 0.5 byte per weight plus its block
 scale. The weight is read as stored (bitsandbytes' K order, or the Mosaic decoder's:
-the activations are then gathered to match), viewed as ``[N, K/8]`` uint32 words (8
+the activations are then moved to match), viewed as ``[N, K/8]`` uint32 words (8
 codes each). Program ``(g, s)`` owns the K slice ``s`` of
 ``chunks`` quantization chunks and walks the row tiles ``g, g + groups, ...``
 of ``block_n`` rows: the slice's activations are loaded once into registers,
@@ -31,7 +31,7 @@ from pallas_kernels._src import common
 from pallas_kernels._src import lut_decode
 from pallas_kernels._src.lut_matmul import scales as scales_lib
 from pallas_kernels._src.lut_matmul.config import LutConfig, MAX_GEMV_ROWS, TARGET_PROGRAMS
-from pallas_kernels._src.matmul_4bit.layout import wgmma_order
+from pallas_kernels._src.matmul_4bit import layout as layout_lib
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_group
 
 
@@ -52,18 +52,16 @@ def _gemv_kernel(x_ref, table_ref, *refs, fmt, cfg, m, ns, nkb, groups, table_dt
   mul_rn = None if interpret else common.mul_rn
   fma = (lambda a, b, c: a * b + c) if interpret else common.fma
   table = lut_decode.load_table(table_ref, cfg.decode, shape, interpret=interpret)
-  # The slice's activations, loaded once and spread into the tile's layout: element e of
-  # word w of the slice is x[8w + e] (bnb), or for a weight in the Mosaic decoder's K order
-  # x[64 (w // 8) + WGMMA_ORDER[8 (w % 8) + e]], one gathered load per element. Shared by
-  # the group.
+  # The slice's activations, loaded once (contiguous) and spread into the tile's layout:
+  # element e of word w of the slice is x[8w + e], or for a weight in the Mosaic decoder's K
+  # order x[64 (w // 8) + WGMMA_ORDER[8 (w % 8) + e]] (a gathered load instead made the GEMV
+  # a third slower on an H100, run 9). Shared by the group.
   xs = []
   for r in range(m):
-    if fmt.layout == "bnb":
-      x8 = x_ref[jnp.int32(r), pl.ds(s * kw, kw), :].astype(jnp.float32)  # [kw, 8]
-      planes = jnp.split(x8, 8, axis=1)
-    else:
-      planes = [x_ref[jnp.int32(r), _stored_element_index(s * kw, kw, e)].astype(jnp.float32)
-                for e in range(8)]
+    x8 = x_ref[jnp.int32(r), pl.ds(s * kw, kw), :]  # [kw, 8]
+    if fmt.layout != "bnb":  # moved in registers, 64 weights (8 words) a block
+      x8 = layout_lib.blocks_to_stored_order(x8.reshape(kw // 8, 64)).reshape(kw, 8)
+    planes = jnp.split(x8.astype(jnp.float32), 8, axis=1)
     xs.append([jnp.broadcast_to(p.reshape(1, kw), shape) for p in planes])
 
   def decode(words, e):
@@ -122,13 +120,6 @@ def _gemv_kernel(x_ref, table_ref, *refs, fmt, cfg, m, ns, nkb, groups, table_dt
   for i, gi in enumerate(groups):
     pl.when((g >= first) & (g < first + gi))(functools.partial(run, i, g - first))
     first += gi
-
-
-def _stored_element_index(first_word, words: int, e: int) -> jax.Array:
-  """int32 ``[words]``: the real K index of element ``e`` of words ``first_word + [0,
-  words)`` of a row stored in the ``"wgmma"`` order."""
-  w = first_word + jax.lax.broadcasted_iota(jnp.int32, (words,), 0)
-  return 64 * (w >> 3) + wgmma_order(8 * (w & 7) + e)
 
 
 def gemv_4bit_triton(
@@ -210,8 +201,7 @@ def gemv_4bit_group_triton(
   for w, n in zip(ws, ns):
     operands.append(w.words())
     operands += scales_lib.scale_operands(w, fmt)
-  x_in = x.reshape(m, k // 8, 8) if fmt.layout == "bnb" else x  # wgmma: gathered per element
-  outs = _launch(x_in, table, *operands, fmt=fmt, config=config, ns=ns,
+  outs = _launch(x.reshape(m, k // 8, 8), table, *operands, fmt=fmt, config=config, ns=ns,
                  groups=groups, slices=slices, table_dtype=jnp.dtype(table_dtype),
                  interpret=interpret)
   return common.sum_partials(outs, biases, x.dtype)
@@ -222,10 +212,10 @@ def gemv_4bit_group_triton(
 # site is traced and its kernel serialized again: docs/benchmarks.md, run 6).
 @functools.partial(jax.jit, static_argnames=("fmt", "config", "ns", "groups", "slices",
                                              "table_dtype", "interpret"))
-def _launch(x_in, table, *operands, fmt, config, ns, groups, slices, table_dtype, interpret):
-  m, k = x_in.shape[0], x_in.shape[1] * (8 if x_in.ndim == 3 else 1)
+def _launch(x3, table, *operands, fmt, config, ns, groups, slices, table_dtype, interpret):
+  m, k8, _ = x3.shape
   kernel = functools.partial(
-      _gemv_kernel, fmt=fmt, cfg=config, m=m, ns=ns, nkb=k // fmt.blocksize,
+      _gemv_kernel, fmt=fmt, cfg=config, m=m, ns=ns, nkb=k8 * 8 // fmt.blocksize,
       groups=groups, table_dtype=table_dtype, interpret=interpret)
   return pl.pallas_call(
       kernel,
@@ -235,4 +225,4 @@ def _launch(x_in, table, *operands, fmt, config, ns, groups, slices, table_dtype
                                            num_stages=config.num_stages),
       interpret=interpret,
       name="jaxfp4_gemv_4bit",
-  )(x_in, table, *operands)
+  )(x3, table, *operands)

@@ -33,19 +33,10 @@ from pallas_kernels._src import common
 from pallas_kernels._src import lut_decode
 from pallas_kernels._src.lut_matmul import scales as scales_lib
 from pallas_kernels._src.lut_matmul.config import LutConfig
+from pallas_kernels._src.matmul_4bit import layout as layout_lib
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat, check_group
 
 _DIMS = (((1,), (1,)), ((), ()))  # contract the last axes: [BN, C] x [BM, C] -> [BN, BM]
-
-
-def _to_wgmma_order(xc: jax.Array) -> jax.Array:
-  """``[bm, 64]`` activations of one block in the ``"wgmma"`` stored order
-  (``layout.to_stored_order`` with the reversal as a split and a join, which Triton lowers):
-  Triton folds the move into the operand's shared-memory layout (offline SASS: the same
-  loop body as the bitsandbytes order, where a gathered load cost 10% more instructions)."""
-  bm = xc.shape[0]
-  lo, hi = jnp.split(xc.reshape(bm, 2, 4, 4, 2), 2, axis=-1)  # [c, p, a, h']
-  return jnp.transpose(jnp.concatenate([hi, lo], axis=-1), (0, 3, 1, 2, 4)).reshape(bm, 64)
 
 
 def _mma_kernel(x_ref, table_ref, *refs, fmt, cfg, m, ns, tiles, biased, nkb, partial,
@@ -105,7 +96,7 @@ def _mma_tile(x_ref, wrefs, out_ref, table, i, s, j, *, fmt, cfg, m, n, nkb, has
       else:  # the chunk (one 64-weight block) moved into the weight's stored K order
         ref = x_ref.at[pl.ds(m0, bm), pl.ds(chunk * 64, 64)]
         xc = ref[...] if mmask is None else plgpu.load(ref, mask=mmask[:, None], other=0)
-        xs.append(_to_wgmma_order(xc))
+        xs.append(layout_lib.blocks_to_stored_order(xc))
     return tuple(words), tuple(xs)
 
   def accumulate(step, acc, loaded):

@@ -77,6 +77,17 @@ def to_stored_order(x: Arr, layout: str) -> Arr:
   return _xp(x).moveaxis(blocks, -2, -4).reshape(*lead, k)  # [a, c, p, h]
 
 
+def blocks_to_stored_order(x: jax.Array) -> jax.Array:
+  """``[rows, 64]`` activations of one block each, in the ``"wgmma"`` stored order, inside a
+  Pallas-Triton kernel: :func:`to_stored_order` with the reversal written as a split and a
+  join (Triton has no reversal). Triton folds the move into the layout the loaded tile goes
+  to (offline SASS, docs/benchmarks.md: no more instructions per loop body than the bnb
+  order, where a gathered load from global memory made the GEMV a third slower on an H100)."""
+  rows = x.shape[0]
+  lo, hi = jnp.split(x.reshape(rows, 2, 4, 4, 2), 2, axis=-1)  # [c, p, a, 1 - h]
+  return jnp.transpose(jnp.concatenate([hi, lo], axis=-1), (0, 3, 1, 2, 4)).reshape(rows, 64)
+
+
 def to_real_order(y: Arr, layout: str) -> Arr:
   """Inverse of :func:`to_stored_order`: ``y[..., K]`` indexed by stored position back in
   the real K order (the input gradient of a route that decodes the bytes as stored)."""
