@@ -29,10 +29,9 @@ LAYOUTS = ("bnb", "wgmma")
 BLOCK = 64  # weights a "wgmma" permutation stays within
 
 
-
 def wgmma_order(pos):
   """The real element at nibble position ``pos`` of a 64-weight block stored in the Mosaic
-  decoder's order (numpy or jnp integers, also inside a kernel): position ``8 w + e`` (word
+  decoder's order (numpy or jnp integers): position ``8 w + e`` (word
   ``w = 2 a + c``, element ``e = 2 p + h``) holds ``32 c + 8 p + 2 a + 1 - h``
   (``wgmma_layout.derive_permutation`` recomputes it from Mosaic's WGMMA layout)."""
   return 32 * ((pos >> 3) & 1) + 8 * ((pos & 7) >> 1) + 2 * (pos >> 4) + 1 - (pos & 1)
