@@ -161,6 +161,10 @@ def test_repack_refuses_what_the_order_cannot_hold():
   packed, state = _quantized(quant_storage=jnp.bfloat16)
   with pytest.raises(ValueError, match="integer `quant_storage`"):
     jaxfp4.repack_4bit(packed, state)
+  same, same_state = jaxfp4.repack_4bit(packed, state, layout="bnb")  # already there: as is
+  assert same_state is state
+  np.testing.assert_array_equal(np.asarray(same).view(np.uint16),
+                                np.asarray(packed).view(np.uint16))
   packed, state = _quantized()
   with pytest.raises(ValueError, match="`layout`"):
     jaxfp4.repack_4bit(packed, state, layout="rows")

@@ -153,12 +153,12 @@ def product(x, data, state, bias, implementation, transpose: bool):
   wt = decoded_weight(data, state, x.dtype, use_kernel=route_ == "dequantize")
   dims = (((1,), (0,)), ((), ())) if transpose else (((1,), (1,)), ((), ()))
   prec = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
-  if transpose:  # dy @ W_stored has its columns in the stored order
-    acc = jax.lax.dot_general(x, wt, dims, precision=prec, preferred_element_type=jnp.float32)
+  # W is decoded in its bytes' stored K order: the activations meet it in that order
+  # (cheaper than moving W), and dy @ W comes out in it
+  lhs = x if transpose else k_order.to_stored_order(x, state.layout)
+  acc = jax.lax.dot_general(lhs, wt, dims, precision=prec, preferred_element_type=jnp.float32)
+  if transpose:
     acc = k_order.to_real_order(acc, state.layout)
-  else:  # the activations meet the weight in its stored order (cheaper than moving W)
-    acc = jax.lax.dot_general(k_order.to_stored_order(x, state.layout), wt, dims,
-                              precision=prec, preferred_element_type=jnp.float32)
   if bias is not None:
     acc = acc + bias.astype(jnp.float32)[None, :]
   return acc.astype(x.dtype)

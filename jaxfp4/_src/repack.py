@@ -50,17 +50,12 @@ def repack_4bit(packed: jax.typing.ArrayLike, state: QuantState, *,
     >>> bool((jaxfp4.repack_4bit(p2, s2, layout="bnb")[0] == packed).all())
     True
   """
-  if layout not in LAYOUTS:
-    raise ValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
   data = quantize_lib.check_packed(packed, state)
-  _check_integer_storage(jax.numpy.asarray(packed).dtype)
-  if len(state.shape) != 2:
-    raise ValueError(f"repack_4bit takes a 2-D weight [N, K]; got shape {state.shape}.")
-  n, k = state.shape
-  k_order.check_layout(layout, state.blocksize, k)
   packed = jax.numpy.asarray(packed)
+  _check_repackable(packed.dtype, state, layout)
   if layout == state.layout:
     return packed, state
+  n, k = state.shape
   rows = k_order.repack_bytes(data.reshape(n, k // 2), source=state.layout, target=layout)
   storage = packing.storage_dtype(packed.dtype)
   out = packing.to_storage(rows.reshape(-1), storage).reshape(packed.shape)
@@ -68,25 +63,30 @@ def repack_4bit(packed: jax.typing.ArrayLike, state: QuantState, *,
 
 
 def can_repack(packed, state: QuantState, layout: str) -> bool:
-  """Whether :func:`repack_4bit` takes ``(packed, state)`` to ``layout`` (a 2-D weight whose
-  blocks and K the order fits, its bytes in an integer storage)."""
-  if len(state.shape) != 2:
-    return False
+  """Whether :func:`repack_4bit` takes ``(packed, state)`` to ``layout``: already there, or
+  a 2-D weight whose blocks and K the order fits, its bytes in an integer storage."""
   try:
-    k_order.check_layout(layout, state.blocksize, state.shape[1])
-    _check_integer_storage(packed.dtype)
+    _check_repackable(packed.dtype, state, layout)
   except ValueError:
     return False
   return True
 
 
-def _check_integer_storage(dtype) -> None:
+def _check_repackable(storage, state: QuantState, layout: str) -> None:
+  """Raises a ValueError naming what keeps ``repack_4bit`` from taking bytes of dtype
+  ``storage`` and ``state`` to ``layout`` (nothing does where the state is already there)."""
+  k_order.check_layout(layout, state.blocksize)  # a known name first
+  if layout == state.layout:
+    return
+  if len(state.shape) != 2:
+    raise ValueError(f"repack_4bit takes a 2-D weight [N, K]; got shape {state.shape}.")
+  k_order.check_layout(layout, state.blocksize, state.shape[1])
   # Arbitrary bytes viewed as a float type do not survive every GPU operation bit for bit:
   # on an H100 (run 9) a bfloat16 view came back with 3 of 6144 NaN payloads changed.
-  if not jax.numpy.issubdtype(dtype, jax.numpy.integer):
+  if not jax.numpy.issubdtype(storage, jax.numpy.integer):
     raise ValueError(
         f"repack_4bit rewrites bytes, which needs them in an integer `quant_storage` (uint8, "
-        f"int8, uint16, int16, uint32, int32), got {jax.numpy.dtype(dtype).name}; view them "
+        f"int8, uint16, int16, uint32, int32), got {jax.numpy.dtype(storage).name}; view them "
         "as uint8 first (jax.lax.bitcast_convert_type(packed, jnp.uint8).reshape(-1, 1)).")
 
 

@@ -135,8 +135,7 @@ def repack_variables(variables: Mapping[str, Any], *, layout: str = "wgmma") -> 
   The Linen form of :func:`jaxfp4.nnx.repack_model`: each ``{"weight", "quant_state"}``
   pair of the ``"quantized"`` collection goes through :func:`jaxfp4.repack_4bit`; weights
   whose format cannot take the order (scale blocks under 64, a float ``quant_storage``)
-  keep theirs. Pure: returns a
-  new tree.
+  keep theirs. Pure: returns a new tree.
 
   Example:
     >>> import jax, jax.numpy as jnp, jaxfp4.linen
@@ -154,8 +153,8 @@ def repack_variables(variables: Mapping[str, Any], *, layout: str = "wgmma") -> 
       return node
     out = {k: walk(v) for k, v in node.items()}
     state = out.get("quant_state")
-    if isinstance(state, QuantState) and "weight" in out and (
-        layout == "bnb" or repack_lib.can_repack(out["weight"], state, layout)):
+    if (isinstance(state, QuantState) and "weight" in out
+        and repack_lib.can_repack(out["weight"], state, layout)):
       out["weight"], out["quant_state"] = repack_lib.repack_4bit(out["weight"], state,
                                                                  layout=layout)
     return out

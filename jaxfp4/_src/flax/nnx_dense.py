@@ -302,8 +302,8 @@ def repack_model(module: nnx.Module, *, layout: str = "wgmma") -> list[str]:
   ``"wgmma"`` is the Mosaic GPU kernel's own order: its decode steps then run without a
   permutation of the activations per product (:func:`jaxfp4.repack_4bit`). Layers whose
   format cannot take it (scale blocks under 64, K not a multiple of 64, a float
-  ``quant_storage``) keep theirs.
-  Checkpoints written afterwards still hold bitsandbytes' bytes.
+  ``quant_storage``) keep theirs. Checkpoints written afterwards still hold bitsandbytes'
+  bytes.
 
   Args:
     module: any NNX module (the layers are found by graph traversal).
@@ -331,7 +331,7 @@ def repack_model(module: nnx.Module, *, layout: str = "wgmma") -> list[str]:
       continue
     seen.add(id(node))
     packed, state = node.weight.get_value(), node.quant_state.get_value()
-    if layout != "bnb" and not repack_lib.can_repack(packed, state, layout):
+    if not repack_lib.can_repack(packed, state, layout):
       continue
     packed, state = repack_lib.repack_4bit(packed, state, layout=layout)
     node.weight.set_value(packed)
