@@ -210,16 +210,20 @@ def test_coded_slab_only_for_byte_scales_that_split_over_the_threads():
   assert whole.split_k == 1 and wgmma.slab_ok(nested, 128, 8192, whole)
   assert not wgmma.coded_slab_ok(nested, 128, 8192, whole)
   assert wgmma.coded_slab_ok(nested, 128, 8192, dataclasses.replace(whole, split_k=4))
-  # With late_slab the decode overlaps the first copies: up to 64 codes per thread.
-  assert wgmma.coded_slab_ok(nested, 128, 8192, dataclasses.replace(whole, late_slab=True))
-  wide = dataclasses.replace(whole, late_slab=True, sub=2)  # 128 codes per thread
-  assert wgmma.slab_ok(nested, 16, 8192, wide)
-  assert not wgmma.coded_slab_ok(nested, 16, 8192, wide)
-  # The GPU case below that relies on late_slab for its in-kernel decode (32 per thread).
+  # late_slab does not raise that limit for double-quantized codes (run 10).
+  assert not wgmma.coded_slab_ok(nested, 128, 8192, dataclasses.replace(whole, late_slab=True))
+  # The GPU case below that relies on late_slab for its in-kernel decode (32 per thread):
+  # byte scales; double-quantized codes are decoded before the pipeline whatever late_slab
+  # says, so at most 16 per thread.
+  _, byte = make_weight(64, 256, 64, "byte", seed=1)
   late = wgmma.fit(wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, split_k=1),
                    40, 128, 4096)
-  assert wgmma.coded_slab_ok(nested, 40, 4096, late)
-  assert not wgmma.coded_slab_ok(nested, 40, 4096, dataclasses.replace(late, late_slab=False))
+  assert wgmma.late_slab_applies(byte, late) and wgmma.late_slab_applies(None, late)
+  assert wgmma.coded_slab_ok(byte, 40, 4096, late)
+  assert not wgmma.coded_slab_ok(byte, 40, 4096, dataclasses.replace(late, late_slab=False))
+  assert not wgmma.late_slab_applies(nested, late)
+  assert not wgmma.coded_slab_ok(nested, 40, 4096, late)
+  assert wgmma.coded_slab_ok(nested, 40, 4096, dataclasses.replace(late, split_k=2))
 
 
 @pytest.mark.parametrize("encoding,bs", [("float", 64), ("float*", 128), ("nested", 64),
@@ -254,7 +258,7 @@ LOWER_CASES = [  # n, k, m, blocksize, encoding, dtype, config
     (256, 4096, 16, 64, "float", "bfloat16", wgmma.WgmmaConfig(slab=True, late_slab=True)),
     (256, 4096, 16, 64, "nested", "bfloat16",
      wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, reduce=True)),
-    (128, 4096, 40, 64, "nested", "bfloat16",
+    (128, 4096, 40, 64, "byte", "bfloat16",
      wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, split_k=1)),
     # blocks of 32 and 16 (MXFP4, NVFP4): always a slab, float32 or decoded in the kernel
     (256, 4096, 16, 32, "byte", "bfloat16", wgmma.WgmmaConfig()),
@@ -308,7 +312,7 @@ GPU_CASES = [  # n, k, m, blocksize, encoding, dtype, config
     (128, 4096, 24, 64, "nested", "float16",
      wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, split_k=4)),
     # 32 codes per thread: in-kernel decode only because of late_slab
-    (128, 4096, 40, 64, "nested", "bfloat16",
+    (128, 4096, 40, 64, "byte", "bfloat16",
      wgmma.WgmmaConfig(slab=True, coded_slab=True, late_slab=True, split_k=1)),
     # blocks of 32 and 16 (MXFP4, NVFP4): each lane reads its own block's scale
     (256, 4096, 16, 32, "byte", "bfloat16", wgmma.WgmmaConfig()),

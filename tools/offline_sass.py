@@ -148,6 +148,8 @@ def _report(captured, cfg) -> None:
     sass, usage = compile_sass(ttir, cfg.num_warps, cfg.num_stages)
     print(cfg.name(), "grid", grid)
     print(" ".join(line.strip() for line in usage.splitlines() if "REG" in line))
+    total = len(re.findall(r"/\*[0-9a-f]{4}\*/\s+(.*?);", sass))
+    print(f"kernel: {total} instructions")
     for count, ops in loop_bodies(sass):
       print(f"loop body: {count} instructions", dict(ops.most_common(20)))
 

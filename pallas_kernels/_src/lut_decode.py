@@ -322,9 +322,13 @@ def _first(r) -> jax.Array:
   return r[0] if isinstance(r, (list, tuple)) else r
 
 
-def lane_id(like: jax.Array, *, interpret: bool) -> jax.Array:
-  """int32 lane index of the thread holding each element (GPU), zeros otherwise."""
-  zeros = jnp.zeros(like.shape, jnp.int32)
+def lane_id(like: jax.Array, *, interpret: bool, tied: bool = False) -> jax.Array:
+  """int32 lane index of the thread holding each element (GPU), zeros otherwise.
+
+  ``tied``: ``like`` (int32) itself is the instruction's operand, so the lane ids are read
+  in ``like``'s register layout; from a fresh constant Triton may choose another layout
+  and move the ids between threads afterwards (the transposed GEMV, run 9)."""
+  zeros = like if tied else jnp.zeros(like.shape, jnp.int32)
   if interpret:
     return zeros
   from jax.experimental.pallas import triton as plgpu  # GPU kernels only

@@ -58,13 +58,12 @@ def _gemv_t_kernel(dy_ref, table_ref, data_ref, *refs, fmt, cfg, m, n, nkb, spli
   kw = t * nw
   c, s = pl.program_id(0), pl.program_id(1)
   tiles = pl.cdiv(n, bn)
-  shape = (bn, t, nw)
+  shape = (bn, kw)  # words and sums: the words' own load shape
   riota = jax.lax.broadcasted_iota(jnp.int32, (bn, t), 0)
   cidx = c * t + jax.lax.broadcasted_iota(jnp.int32, (bn, t), 1)
   biota = jax.lax.broadcasted_iota(jnp.int32, (bn,), 0)
   mul_rn = None if interpret else common.mul_rn
   fma = (lambda a, b, acc: a * b + acc) if interpret else common.fma
-  table = lut_decode.load_table(table_ref, "shfl", shape, interpret=interpret)
 
   def tile_rows(step):
     tile = s + step * splits
@@ -73,9 +72,8 @@ def _gemv_t_kernel(dy_ref, table_ref, data_ref, *refs, fmt, cfg, m, n, nkb, spli
   def load(step):
     _, n0 = tile_rows(step)
     ref = data_ref.at[pl.ds(n0, bn), pl.ds(c * kw, kw)]
-    words = ref[...] if n % bn == 0 else plgpu.load(
+    return ref[...] if n % bn == 0 else plgpu.load(
         ref, mask=(n0 + biota < n)[:, None], other=0)
-    return words.reshape(shape)
 
   def compute(step, words, accs):
     tile, n0 = tile_rows(step)
@@ -84,9 +82,14 @@ def _gemv_t_kernel(dy_ref, table_ref, data_ref, *refs, fmt, cfg, m, n, nkb, spli
     coefs = []
     for r in range(m):  # dy of the tile's rows; rows past N or a repeated tile count 0
       d = plgpu.load(dy_ref.at[jnp.int32(r), pl.ds(n0, bn)], mask=valid, other=0)
-      coefs.append(jnp.broadcast_to((d.astype(jnp.float32)[:, None] * scale)[:, :, None],
-                                    shape))
+      coef = d.astype(jnp.float32)[:, None] * scale  # [bn, t]: one per row and chunk
+      coefs.append(jnp.broadcast_to(coef[:, :, None], (bn, t, nw)).reshape(shape))
     accs = list(accs)
+    # This lane's table entry, read where the words are: the ids come from the words' own
+    # registers, so no layout change can separate an entry from its lane (run 9: a table
+    # read once before the loop, in another layout, was moved between threads).
+    table = None if interpret else table_ref[
+        lut_decode.lane_id(words, interpret=False, tied=True) & 15]
     for e in lut_decode.LOOKUP_ORDER:
       elem = lut_decode.shfl_element(words, fmt.lut, e, table=table, interpret=interpret)
       for r in range(m):
@@ -97,7 +100,7 @@ def _gemv_t_kernel(dy_ref, table_ref, data_ref, *refs, fmt, cfg, m, n, nkb, spli
   accs = common.prefetched_loop(steps, int(cfg.prefetch), load, compute, zeros)
   for r in range(m):
     for e in range(8):  # element e of every word: columns 8 w + e of the slice
-      col = jnp.sum(accs[8 * r + e], axis=0).reshape(kw)
+      col = jnp.sum(accs[8 * r + e], axis=0)
       out_ref[s, r, pl.ds(c * kw, kw), e] = col
 
 

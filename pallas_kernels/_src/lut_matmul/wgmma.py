@@ -51,6 +51,7 @@ from pallas_kernels._src.lut_matmul import wgmma_decode as decode_lib
 from pallas_kernels._src.lut_matmul.wgmma_layout import BLOCK, ROWS, permute_activations
 from pallas_kernels._src.lut_matmul.wgmma_config import (  # noqa: F401  (re-exported)
     CODED_PER_THREAD, CODED_PER_THREAD_LATE, SMEM_LIMIT, WgmmaConfig, coded_slab_ok, fit,
+    late_slab_applies,
     fit_group, kernel_scales, slab_ok, small_block_config, smem_bytes, stored_scales, supports)
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat
 
@@ -117,7 +118,7 @@ def _partials(x_log, words, scales, table, coded_arrays, *,
   k_iters = k // (split * tile_k)
   cols = k // split // blocksize  # slab columns per CTA
   reduce = config.reduce and split > 1
-  late = slab and config.late_slab
+  late = slab and late_slab_applies(coded_fmt, config)
   out_t = config.transpose_out
   out_shape = (mp, n) if out_t else (n, mp)
   x_swizzle = plgpu.find_swizzle(tile_k * 16, "rhs")

@@ -39,15 +39,17 @@ class WgmmaConfig:
       to ``[K/64, N]`` before every product (unnested formats without a multiplier).
     coded_slab: byte-coded (and double-quantized) scales reach the kernel as stored (one
       byte per block); each CTA decodes its slab into float32 once, before its pipeline
-      starts (with ``late_slab``, in its first step), instead of XLA decoding every scale
-      before every product. Applies where the
+      starts (with ``late_slab``, in its first step, except double-quantized codes:
+      :func:`late_slab_applies`), instead of XLA decoding every scale before every
+      product. Applies where the
       slab fits (:func:`coded_slab_ok`), whether or not ``slab`` is set; float scales
       ignore it.
     late_slab: with a slab, the CTA waits for its scales' copy (or decodes their codes)
       inside the first pipeline step, after the pipeline has issued its first ``steps``
       copies, instead of before the pipeline starts: the slab's latency overlaps the
       first weight tiles' (run 5 measured the slab 2 us slower than per-step scales at
-      M = 16 on 8192 x 8192, a cost paid before every CTA's first copy).
+      M = 16 on 8192 x 8192, a cost paid before every CTA's first copy). Ignored for
+      double-quantized codes (:func:`late_slab_applies`).
     reduce: with ``split_k > 1``, each CTA adds its partial tile into one float32 output
       with a TMA add-reduction (``cp.reduce.async.bulk``, done in L2) instead of writing
       ``split_k`` partial tiles that XLA sums afterwards (a write and a read of
@@ -212,6 +214,17 @@ CODED_PER_THREAD = 16  # scale codes per thread of the in-kernel slab decode, at
 CODED_PER_THREAD_LATE = 64
 
 
+def late_slab_applies(fmt: WeightFormat | None, config: WgmmaConfig) -> bool:
+  """Whether ``config.late_slab`` moves the slab's wait (or its decode) into the first
+  pipeline step for scales of ``fmt`` (None: float32 scales). Not for double-quantized
+  codes (``fmt.nested_blocksize``): their decode inside the first step was slower than
+  before the pipeline in 13 of 15 M = 16 configs on an H100 (run 10, NF4+DQ; e.g.
+  28672 x 4096 with split-K 8, 59.0 against 47.3 us), while float32 slabs gained from it
+  (46.1 against 49.2 us)."""
+  return config.late_slab and not (fmt is not None and fmt.scale_kind == "byte"
+                                   and fmt.nested_blocksize > 0)
+
+
 def coded_slab_ok(fmt: WeightFormat, m: int, k: int, config: WgmmaConfig) -> bool:
   """The kernel decodes the byte-coded scales itself (``config.coded_slab``): the slab
   fits (:func:`slab_ok`), its ``tile_n * cols`` entries split evenly over 128 threads, and
@@ -223,7 +236,7 @@ def coded_slab_ok(fmt: WeightFormat, m: int, k: int, config: WgmmaConfig) -> boo
   :data:`CODED_PER_THREAD_LATE`."""
   cols = k // config.split_k // fmt.blocksize
   entries = ROWS * config.sub * cols
-  limit = CODED_PER_THREAD_LATE if config.late_slab else CODED_PER_THREAD
+  limit = CODED_PER_THREAD_LATE if late_slab_applies(fmt, config) else CODED_PER_THREAD
   return (config.coded_slab and fmt.scale_kind == "byte" and slab_ok(fmt, m, k, config)
           and entries % 128 == 0 and entries // 128 <= limit)
 
