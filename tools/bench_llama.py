@@ -169,16 +169,17 @@ def main() -> None:
          "copy_bandwidth_GBps": bw / 1e9, "decode": [], "qlora": []}
   print(f"# {dev.device_kind}, JAX {jax.__version__}, copy bandwidth {bw / 1e9:.0f} GB/s")
   batches = [int(b) for b in args.batches.split(",")]
-  base_bytes = None
-  for variant in [] if args.skip_decode else args.variants.split(","):
+  base_bytes = None  # the first variant's (bytes, linear-layer bytes): the ratios' base
+  variants = [] if args.skip_decode else args.variants.split(",")
+  for variant in variants:
     t0 = time.perf_counter()
     model = build(cfg, variant)
     built = time.perf_counter() - t0
     wbytes, lbytes = state_nbytes(model), linear_bytes(model)
     base_bytes = base_bytes or (wbytes, lbytes)
-    print(f"{variant}: weights {wbytes / 1e9:.3f} GB ({wbytes / base_bytes[0]:.3f}x of bf16), "
-          f"linear layers {lbytes / 1e9:.3f} GB ({lbytes / base_bytes[1]:.3f}x); built in {built:.1f} s",
-          flush=True)
+    print(f"{variant}: weights {wbytes / 1e9:.3f} GB ({wbytes / base_bytes[0]:.3f}x of "
+          f"{variants[0]}), linear layers {lbytes / 1e9:.3f} GB ({lbytes / base_bytes[1]:.3f}x); "
+          f"built in {built:.1f} s", flush=True)
     routes = ["default"] if variant == "bf16" else args.routes.split(",")
     for route in routes:
       set_implementation(model, None if route == "default" else route)

@@ -218,9 +218,9 @@ def late_slab_applies(fmt: WeightFormat | None, config: WgmmaConfig) -> bool:
   """Whether ``config.late_slab`` moves the slab's wait (or its decode) into the first
   pipeline step for scales of ``fmt`` (None: float32 scales). Not for double-quantized
   codes (``fmt.nested_blocksize``): their decode inside the first step was slower than
-  before the pipeline in 13 of 15 M = 16 configs on an H100 (run 10, NF4+DQ; e.g.
-  28672 x 4096 with split-K 8, 59.0 against 47.3 us), while float32 slabs gained from it
-  (46.1 against 49.2 us)."""
+  before the pipeline (or XLA's, past :data:`CODED_PER_THREAD`) in 20 of 25 M = 16 (shape,
+  split-K) pairs on an H100 (run 10, NF4+DQ; 28672 x 4096 with split-K 8: 59.0 against
+  47.3 us), while float32 slabs gained from it in 17 of 25 (46.1 against 49.2 us)."""
   return config.late_slab and not (fmt is not None and fmt.scale_kind == "byte"
                                    and fmt.nested_blocksize > 0)
 
@@ -231,9 +231,9 @@ def coded_slab_ok(fmt: WeightFormat, m: int, k: int, config: WgmmaConfig) -> boo
   at most :data:`CODED_PER_THREAD` of them fall to each thread. The decode runs before the
   CTA's pipeline starts, so a long one delays every CTA: on an H100 (run 5, 8192 x 8192
   NF4 + DQ) 8 per thread (M = 16, split-K 8) ran within 2% of float32 scales, 64 per
-  thread (M = 128, no split) 23% slower, where XLA's decode pass had cost 7%. With
-  ``late_slab`` the decode overlaps the first copies and the limit is
-  :data:`CODED_PER_THREAD_LATE`."""
+  thread (M = 128, no split) 23% slower, where XLA's decode pass had cost 7%. Where
+  ``late_slab`` applies (:func:`late_slab_applies`) the decode overlaps the first copies
+  and the limit is :data:`CODED_PER_THREAD_LATE`."""
   cols = k // config.split_k // fmt.blocksize
   entries = ROWS * config.sub * cols
   limit = CODED_PER_THREAD_LATE if late_slab_applies(fmt, config) else CODED_PER_THREAD
