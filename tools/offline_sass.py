@@ -97,6 +97,8 @@ def main(argv=None) -> int:
   p.add_argument("--layout", default="bnb", choices=("bnb", "wgmma"),
                  help="the weight's K order (WeightFormat.layout)")
   p.add_argument("--config", default="", help="LutConfig fields, e.g. block_n=16,chunks=16")
+  p.add_argument("--nested", action="store_true",
+                 help="double-quantized byte scales (NF4+DQ) instead of float32 ones")
   p.add_argument("--group", default="",
                  help="row counts of a weight group sharing x (e.g. 4096,1024,1024): compile "
                       "the one-launch group kernel; N of --shape is ignored")
@@ -115,9 +117,19 @@ def main(argv=None) -> int:
   bs = args.blocksize
   kw = {key: (val if key == "decode" else int(val))
         for key, val in (item.split("=") for item in args.config.split(",") if item)}
-  fmt = WeightFormat(lut=tuple(formats.NF4_CODE.tolist()), blocksize=bs, layout=args.layout)
-  w = PackedWeight(jax.ShapeDtypeStruct((n, k // bs, bs // 2), jnp.uint8),
-                   jax.ShapeDtypeStruct((n, k // bs), jnp.float32))
+  fmt = WeightFormat(lut=tuple(formats.NF4_CODE.tolist()), blocksize=bs, layout=args.layout,
+                     **(dict(scale_kind="byte", nested_blocksize=256) if args.nested else {}))
+
+  def packed(rows):
+    sd = jax.ShapeDtypeStruct
+    if not args.nested:
+      return PackedWeight(sd((rows, k // bs, bs // 2), jnp.uint8),
+                          sd((rows, k // bs), jnp.float32))
+    return PackedWeight(sd((rows, k // bs, bs // 2), jnp.uint8), sd((rows, k // bs), jnp.uint8),
+                        sd((256,), jnp.float32), sd((-(-rows * k // bs // 256),), jnp.float32),
+                        sd((1,), jnp.float32))
+
+  w = packed(n)
   if args.kind in ("gemv_t", "mma_t"):
     dy = jax.ShapeDtypeStruct((args.m, n), jnp.bfloat16)
     # --config overrides fields of the kernel's own default config
@@ -136,8 +148,7 @@ def main(argv=None) -> int:
   if args.group:
     ns = [int(v) for v in args.group.split(",")]
     cfg = fit(LutConfig(kind=args.kind, **kw), args.m, sum(ns), k // min(bs, 64))
-    w = [PackedWeight(jax.ShapeDtypeStruct((gn, k // bs, bs // 2), jnp.uint8),
-                      jax.ShapeDtypeStruct((gn, k // bs), jnp.float32)) for gn in ns]
+    w = [packed(gn) for gn in ns]
     kernel = gemv_4bit_group_triton if args.kind == "gemv" else mma_4bit_group_triton
   _report(capture_triton_ir(lambda x, w: kernel(x, w, fmt=fmt, config=cfg), x, w), cfg)
   return 0
