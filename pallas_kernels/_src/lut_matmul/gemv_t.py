@@ -85,9 +85,10 @@ def _gemv_t_kernel(dy_ref, table_ref, data_ref, *refs, fmt, cfg, m, n, nkb, spli
       coef = d.astype(jnp.float32)[:, None] * scale  # [bn, t]: one per row and chunk
       coefs.append(jnp.broadcast_to(coef[:, :, None], (bn, t, nw)).reshape(shape))
     accs = list(accs)
-    # This lane's table entry, read where the words are: the ids come from the words' own
-    # registers, so no layout change can separate an entry from its lane (run 9: a table
-    # read once before the loop, in another layout, was moved between threads).
+    # This lane's table entry, from lane ids read in the words' own registers: no layout
+    # conversion can then move an entry away from its lane. (Read once before the loop as a
+    # tensor of its own, the kernel was wrong on an H100 with 8 words per chunk, run 9, and a
+    # conversion of that tensor is the suspect: docs/benchmarks.md, run 10.)
     table = None if interpret else table_ref[
         lut_decode.lane_id(words, interpret=False, tied=True) & 15]
     for e in lut_decode.LOOKUP_ORDER:
