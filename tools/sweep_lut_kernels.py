@@ -181,14 +181,15 @@ def sweep_shape(args, shape):
                                                    * 0.05 + 0.01)) for d in datas]
     wbytes = n * k // 2 + n * (k // bs) * 4
   rows = []
-  weights: dict = {}  # float32 W[N, K] of ws[0] per table dtype (None: the exact table)
+  weights: dict = {}  # float64 W[N, K] of ws[0] per table dtype (None: the exact table)
 
   def exact(x, table_dtype):
-    if table_dtype not in weights:
+    if table_dtype not in weights:  # decoded once, not per config
       f = fmt if table_dtype is None else dataclasses.replace(
           fmt, lut=tuple(float(v) for v in lut_decode.table_values(lut, table_dtype)))
-      weights[table_dtype] = np.asarray(decode_weight_reference(ws[0], f, jnp.float32))
-    return np.asarray(x.astype(jnp.float32), np.float64) @ weights[table_dtype].T.astype(np.float64)
+      weights[table_dtype] = np.asarray(decode_weight_reference(ws[0], f, jnp.float32),
+                                        np.float64)
+    return np.asarray(x.astype(jnp.float32), np.float64) @ weights[table_dtype].T
 
   def run(kind, cfg_text, m, decode="prmt"):
     if kind == "wgmma":

@@ -215,7 +215,7 @@ def run(shapes, ms, *, quant_type="nf4", formats_shape=None, format_ms=(), forma
             if backward and route is None:
               add(shape, m, tag, "matmul_4bit bwd", _time_rotating(_bwd, dy, ws, quick), wb, tb16)
         if mosaic:  # the Triton tensor-core kernel it replaced, for comparison
-          add(shape, m, tag, "mma: Triton", _safe_time(_triton_mma, x, ws, quick), wb, t16)
+          add(shape, m, tag, "mma: Triton", _safe_time(_lut_mma, x, ws, quick), wb, t16)
         if (on_gpu and fwd_route in ("gemv", "mma")
             and repack.can_repack(packed, state, "wgmma")):
           # the same weights repacked into the Mosaic decoder's K order (no permutation of x)
@@ -271,15 +271,19 @@ def _runs_mosaic(m, packed, state, dtype) -> bool:
   return lut_api.use_wgmma(m, n, k, fmt, dtype)
 
 
-def _triton_mma(x, w):
+def _lut_mma(x, w, config=None):
+  """The register-table tensor-core product with ``config``: a Triton ``LutConfig`` or a
+  Mosaic ``WgmmaConfig`` (the run 10 probes); None: the Triton config recorded for the
+  shape (the kernel the Mosaic route replaced)."""
   import pallas_kernels
   from pallas_kernels._src import common
   from pallas_kernels._src.lut_matmul import api as lut_api
   packed, state = w
   kw, fmt = product_lib.kernel_weight(q.check_packed(packed, state), state)
-  n, k = state.shape
-  cfg = lut_api.get_config("mma", x.shape[0], n, k, fmt.blocksize, common.device_kind())
-  return pallas_kernels.matmul_lut(x, kw, fmt=fmt, kind="mma", config=cfg,
+  if config is None:
+    n, k = state.shape
+    config = lut_api.get_config("mma", x.shape[0], n, k, fmt.blocksize, common.device_kind())
+  return pallas_kernels.matmul_lut(x, kw, fmt=fmt, kind="mma", config=config,
                                    implementation="pallas")
 
 

@@ -18,14 +18,6 @@ from jaxfp4._src import repack
 from pallas_kernels._src import common
 from pallas_kernels._src.lut_matmul import api as lut_api
 
-def _mosaic(cfg, x, w):
-  import pallas_kernels
-  p, s = w
-  kw, fmt = bm.product_lib.kernel_weight(q.check_packed(p, s), s)
-  return pallas_kernels.matmul_lut(x, kw, fmt=fmt, kind="mma", config=cfg,
-                                   implementation="pallas")
-
-
 ms = [int(s) for s in sys.argv[1].split(",")]
 shapes = [tuple(int(v) for v in s.split("x")) for s in sys.argv[2].split(",")]
 dev = common.device_kind()
@@ -55,7 +47,8 @@ for n, k in shapes:
                     "split 4": dataclasses.replace(cfg, split_k=4, reduce=True),
                     "split 8": dataclasses.replace(cfg, split_k=8, reduce=True)}
         for name, c in variants.items():
-          rows.append((f"cfg {name} {c.name()}", functools.partial(_mosaic, c), ws))
+          op = functools.partial(bm._lut_mma, config=c)
+          rows.append((f"cfg {name} {c.name()}", op, ws))
       for name, op, wl in rows:
         t = bm._safe_time(op, x, wl, False)
         print(f"{n}x{k} M={m} {tag:<7}{name:<58}{t * 1e6:8.1f} us  {t16 / t:5.2f}x", flush=True)

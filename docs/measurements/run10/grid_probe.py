@@ -16,14 +16,6 @@ from pallas_kernels._src import common
 from pallas_kernels._src.lut_matmul import api as lut_api
 
 
-def _mosaic(cfg, x, w):
-  import pallas_kernels
-  p, s = w
-  kw, fmt = bm.product_lib.kernel_weight(q.check_packed(p, s), s)
-  return pallas_kernels.matmul_lut(x, kw, fmt=fmt, kind="mma", config=cfg,
-                                   implementation="pallas")
-
-
 ms = [int(s) for s in sys.argv[1].split(",")]
 shapes = [tuple(int(v) for v in s.split("x")) for s in sys.argv[2].split(",")]
 dev = common.device_kind()
@@ -48,7 +40,7 @@ for n, k in shapes:
           continue  # float scales ignore coded_slab
         c = dataclasses.replace(rec, split_k=sk, reduce=sk > 1 or rec.reduce, coded_slab=coded,
                                 late_slab=late, slab=True)
-        t = bm._safe_time(functools.partial(_mosaic, c), x, ws, False)
+        t = bm._safe_time(functools.partial(bm._lut_mma, config=c), x, ws, False)
         best = min(best, (t, c.name()))
         print(f"{n}x{k} M={m} {tag:<7}{c.name():<52}{t * 1e6:8.1f} us {t16 / t:5.2f}x", flush=True)
       print(f"{n}x{k} M={m} {tag:<7}BEST {best[1]} {best[0] * 1e6:.1f} us", flush=True)

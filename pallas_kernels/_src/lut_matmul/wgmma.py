@@ -21,9 +21,10 @@ word order, not in the weight's K order: within each 64-weight block, real index
 ``k`` sits at logical index ``PERMUTATION[k]`` (bitsandbytes' high-nibble-first bytes,
 little-endian words, WGMMA's column pairs). The activations are permuted the same
 way once per product (a reversal and a transpose in XLA), so the product is unchanged, or
-the weight is stored in that order (``WeightFormat(layout="wgmma")``, ``matmul_4bit.layout``)
-and the activations are used as they are (``wgmma_layout``: the permutation, and its derivation from Mosaic's
-own layout description, which a test holds equal to it).
+the weight is stored in that order (``WeightFormat(layout="wgmma")``,
+``matmul_4bit.layout``) and the activations are used as they are (``wgmma_layout``: the
+permutation, and its derivation from Mosaic's own layout description, which a test holds
+equal to it).
 
 Needs JAX's Mosaic GPU backend and an sm_90 GPU; :func:`available` says whether this
 process has both. ``matmul_lut(kind="mma")`` runs this kernel when given a
@@ -51,8 +52,8 @@ from pallas_kernels._src.lut_matmul import wgmma_decode as decode_lib
 from pallas_kernels._src.lut_matmul.wgmma_layout import BLOCK, ROWS, permute_activations
 from pallas_kernels._src.lut_matmul.wgmma_config import (  # noqa: F401  (re-exported)
     CODED_PER_THREAD, CODED_PER_THREAD_LATE, SMEM_LIMIT, WgmmaConfig, coded_slab_ok, fit,
-    late_slab_applies,
-    fit_group, kernel_scales, slab_ok, small_block_config, smem_bytes, stored_scales, supports)
+    fit_group, kernel_scales, late_slab_applies, slab_ok, small_block_config, smem_bytes,
+    stored_scales, supports)
 from pallas_kernels._src.matmul_4bit.weight import PackedWeight, WeightFormat
 
 try:  # Mosaic GPU ships with jaxlib; its Python side changes between JAX releases.
@@ -307,9 +308,9 @@ def wgmma_4bit_group(x: jax.Array, ws: Sequence[PackedWeight], *, fmt: WeightFor
                      configs: WgmmaConfig | Sequence[WgmmaConfig],
                      biases: Sequence[jax.Array | None]) -> tuple[jax.Array, ...]:
   """``x @ W_i.T + bias_i`` for weights that share ``x`` (q/k/v, gate/up), the activations
-  padded and permuted once for all of them (not permuted for ``fmt.layout == "wgmma"``): one launch per weight with a sequence of
-  ``configs``, or one launch for the whole group with a single config (:func:`fit_group`:
-  each CTA finds its weight by its row tile)."""
+  padded and permuted once for all of them (not permuted for ``fmt.layout == "wgmma"``):
+  one launch per weight with a sequence of ``configs``, or one launch for the whole group
+  with a single config (:func:`fit_group`: each CTA finds its weight by its row tile)."""
   m, k = x.shape
   mp = -(-m // 8) * 8  # wgmma's narrow dimension is a multiple of 8
   x_pad = jnp.pad(x, ((0, mp - m), (0, 0))) if mp != m else x

@@ -41,9 +41,8 @@ class WgmmaConfig:
       byte per block); each CTA decodes its slab into float32 once, before its pipeline
       starts (with ``late_slab``, in its first step, except double-quantized codes:
       :func:`late_slab_applies`), instead of XLA decoding every scale before every
-      product. Applies where the
-      slab fits (:func:`coded_slab_ok`), whether or not ``slab`` is set; float scales
-      ignore it.
+      product. Applies where the slab fits (:func:`coded_slab_ok`), whether or not
+      ``slab`` is set; float scales ignore it.
     late_slab: with a slab, the CTA waits for its scales' copy (or decodes their codes)
       inside the first pipeline step, after the pipeline has issued its first ``steps``
       copies, instead of before the pipeline starts: the slab's latency overlaps the
@@ -221,8 +220,7 @@ def late_slab_applies(fmt: WeightFormat | None, config: WgmmaConfig) -> bool:
   before the pipeline (or XLA's, past :data:`CODED_PER_THREAD`) in 20 of 25 M = 16 (shape,
   split-K) pairs on an H100 (run 10, NF4+DQ; 28672 x 4096 with split-K 8: 59.0 against
   47.3 us), while float32 slabs gained from it in 17 of 25 (46.1 against 49.2 us)."""
-  return config.late_slab and not (fmt is not None and fmt.scale_kind == "byte"
-                                   and fmt.nested_blocksize > 0)
+  return config.late_slab and not (fmt is not None and fmt.nested_blocksize > 0)
 
 
 def coded_slab_ok(fmt: WeightFormat, m: int, k: int, config: WgmmaConfig) -> bool:
