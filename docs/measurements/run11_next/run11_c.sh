@@ -1,6 +1,6 @@
-# Run 11, third call (<= 590 s, H100; carry [".whl"] with the flax 0.12.10 wheel and
-# bitsandbytes 0.50.2's manylinux_2_24 wheel, 43 MB, in .whl/): the issue's evidence table in
-# one process per library on one machine. bitsandbytes' matmul_4bit was last timed in the
+# Run 11, third call (<= 590 s, H100; carry [".whl", ".whl_bnb"] as prepare.sh leaves them:
+# the flax 0.12.10 wheel, and bitsandbytes 0.50.2's manylinux_2_24 wheel, 43 MB): the issue's
+# evidence table, one process per library, on one machine. bitsandbytes' matmul_4bit was last timed in the
 # issue's own run (40.6 us at M = 1 on 8192 x 8192); the targets ask for it in the same run.
 # 1. bitsandbytes' matmul_4bit (torch bf16 activations, NF4 with float32 absmax per 64, the
 #    bench's protocol: weights rotated past the L2, median of repetitions) on the issue's shapes;
@@ -9,7 +9,7 @@
 # 3. if time is left: M = 2 and 4 on the GEMV against the Mosaic kernel padded to 8 rows
 #    (decides "wgmma_min_m"; the GEMV at M = 4 was 1.0-1.5x of bf16).
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/flax*.whl
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/bnb .whl/bitsandbytes*.whl
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/bnb .whl_bnb/bitsandbytes*.whl
 L=${LIMIT:-585}; left() { echo $(( L - SECONDS )); }
 SH=8192x8192,14336x4096,4096x14336; MS=1,4,16,64,128,256,512,2048
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | tee $OUT/gpu.txt; date
