@@ -1,7 +1,8 @@
 # Run 11, third call (<= 590 s, H100; carry [".whl", ".whl_bnb"] as prepare.sh leaves them:
 # the flax 0.12.10 wheel, and bitsandbytes 0.50.2's manylinux_2_24 wheel, 43 MB): the issue's
-# evidence table, one process per library, on one machine. bitsandbytes' matmul_4bit was last timed in the
-# issue's own run (40.6 us at M = 1 on 8192 x 8192); the targets ask for it in the same run.
+# evidence table, one process per library, on one machine. bitsandbytes' matmul_4bit was last
+# timed in the issue's own run (40.6 us at M = 1 on 8192 x 8192); the targets ask for it in the
+# same run.
 # 1. bitsandbytes' matmul_4bit (torch bf16 activations, NF4 with float32 absmax per 64, the
 #    bench's protocol: weights rotated past the L2, median of repetitions) on the issue's shapes;
 # 2. `jaxfp4 bench` on the same shapes and Ms (JAX bf16, the copy bandwidth and every route in
