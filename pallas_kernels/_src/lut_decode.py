@@ -328,12 +328,12 @@ def lane_id(like: jax.Array, *, interpret: bool, tied: bool = False) -> jax.Arra
   ``tied``: ``like`` (int32) itself is the instruction's operand, so the lane ids are read
   in ``like``'s register layout; from a fresh constant Triton may choose another layout
   and move the ids between threads afterwards (the transposed GEMV, run 9)."""
-  zeros = like if tied else jnp.zeros(like.shape, jnp.int32)
+  zeros = jnp.zeros(like.shape, jnp.int32)
   if interpret:
     return zeros
   from jax.experimental.pallas import triton as plgpu  # GPU kernels only
   r = plgpu.elementwise_inline_asm(
-      "mov.u32 $0, %laneid;", args=[zeros], constraints="=r,r", pack=1,
+      "mov.u32 $0, %laneid;", args=[like if tied else zeros], constraints="=r,r", pack=1,
       result_shape_dtypes=[jax.ShapeDtypeStruct(like.shape, jnp.int32)])
   return _first(r)
 
@@ -377,11 +377,18 @@ def table_operand(lut: tuple[float, ...], decode: str, table_dtype) -> jax.Array
   return jnp.asarray(register_table_words(lut, table_dtype))
 
 
-def load_table(table_ref, decode: str, shape: tuple[int, ...], *, interpret: bool):
+def load_table(table_ref, decode: str, shape: tuple[int, ...], *, interpret: bool,
+               like: jax.Array | None = None):
   """In a kernel, before its loop: the ``table=`` argument of the decoders for
   elements of ``shape``. ``"shfl"``: this lane's entry (:func:`shfl_element`);
-  ``"prmt"``: the four register words, read at per-thread addresses (row parity)."""
+  ``"prmt"``: the four register words, read at per-thread addresses (row parity).
+
+  ``like`` (``"shfl"``): the words the table is shuffled with, read inside the loop; the
+  lane ids are then taken in the words' own registers (:func:`lane_id`, ``tied``), so no
+  layout conversion can move an entry away from its lane (the transposed GEMV)."""
   if decode == "shfl":
-    return table_ref[lane_id(jnp.zeros(shape, jnp.int32), interpret=interpret) & 15]
+    ids = (lane_id(jnp.zeros(shape, jnp.int32), interpret=interpret) if like is None
+           else lane_id(like, interpret=interpret, tied=True))
+    return table_ref[ids & 15]
   parity = jax.lax.broadcasted_iota(jnp.int32, shape, 0) % 2
   return [table_ref[parity, jnp.full(shape, i, jnp.int32)] for i in range(4)]

@@ -89,8 +89,7 @@ def _gemv_t_kernel(dy_ref, table_ref, data_ref, *refs, fmt, cfg, m, n, nkb, spli
     # conversion can then move an entry away from its lane. (Read once before the loop as a
     # tensor of its own, the kernel was wrong on an H100 with 8 words per chunk, run 9, and a
     # conversion of that tensor is the suspect: docs/benchmarks.md, run 10.)
-    table = None if interpret else table_ref[
-        lut_decode.lane_id(words, interpret=False, tied=True) & 15]
+    table = lut_decode.load_table(table_ref, "shfl", shape, like=words, interpret=interpret)
     for e in lut_decode.LOOKUP_ORDER:
       elem = lut_decode.shfl_element(words, fmt.lut, e, table=table, interpret=interpret)
       for r in range(m):
